@@ -1,0 +1,48 @@
+"""The part of headless grading that runs *inside* the learner's kernel.
+
+The runner appends one cell that calls `grade_in_kernel`. Results go to a file in a
+private directory, named only in that cell and tagged with a nonce, rather than to
+the notebook's output, which learner code can print anything into. The file is
+rewritten after every question, so a check that crashes the kernel costs only its
+own question.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+from grader.grading import QuestionResult, grade_namespace, run_question  # noqa: F401
+from grader.registry import load_lab
+
+
+def _write(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def grade_in_kernel(lab_id: str, out_path: str, nonce: str, include_hidden: bool = True) -> None:
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    namespace = shell.user_ns if shell is not None else {}
+    lab = load_lab(lab_id)
+    done: list[dict] = []
+    for q in lab.questions.values():
+        _write(out_path, {"nonce": nonce, "results": done, "current": q.id})
+        done.append(asdict(run_question(lab, q, namespace, include_hidden)))
+    _write(out_path, {"nonce": nonce, "results": done, "current": None})
+
+
+def grading_cell_source(lab_id: str, out_path: str, nonce: str, include_hidden: bool) -> str:
+    """Drop any grader modules the notebook may have imported or replaced, then grade afresh."""
+    return (
+        "import sys as _sl_sys\n"
+        "for _sl_m in [m for m in list(_sl_sys.modules) if m == 'grader' or m.startswith('grader.')]:\n"
+        "    del _sl_sys.modules[_sl_m]\n"
+        "from grader.kernel import grade_in_kernel as _sl_grade\n"
+        f"_sl_grade({lab_id!r}, {out_path!r}, {nonce!r}, include_hidden={include_hidden!r})\n"
+    )

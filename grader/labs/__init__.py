@@ -1,0 +1,1 @@
+"""One checks module per lab: `labNN.py` defines `LAB`, a `grader.registry.Lab`."""
