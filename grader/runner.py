@@ -22,7 +22,8 @@ from pathlib import Path
 import nbformat
 import psutil
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
@@ -209,7 +210,9 @@ def grade_notebook(
     execution = Execution(cells=sum(1 for c in nb.cells if c.cell_type == "code"))
     grading_status: dict = {}
     try:
-        km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir]))
+        km = AsyncKernelManager(
+            kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir])
+        )
         client = _LimitedClient(
             nb,
             km=km,
@@ -231,6 +234,7 @@ def grade_notebook(
                     grading_status = _run_grading(client, lab_id, out_path, nonce, include_hidden, limits, watchdog)
             finally:
                 watchdog.stop()
+                _shutdown(km)
     finally:
         execution.duration_s = round(time.monotonic() - start, 2)
         execution.output_truncated = getattr(locals().get("client"), "truncated", False)
@@ -250,6 +254,20 @@ def grade_notebook(
         environment=environment(),
         execution=execution.to_dict(),
     )
+
+
+def _shutdown(km) -> None:
+    """We own the kernel (nbclient does not when handed a manager): always stop it."""
+    try:
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
+    except Exception:
+        pid = getattr(getattr(km.provisioner, "process", None), "pid", None)
+        if pid:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
 
 
 def _died(execution: Execution, watchdog: _MemoryWatchdog, where: str) -> None:
