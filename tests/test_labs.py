@@ -3,6 +3,9 @@ and realistic bugs lose exactly the points of the questions they break."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 from conftest import LABS, load, mutate, solution_path
 
@@ -11,30 +14,18 @@ from grader.runner import Limits, grade_notebook
 
 LIMITS = Limits(cell_timeout_s=240, total_timeout_s=600, grading_timeout_s=240)
 
-# (lab, bug, text in the solution, replacement, questions that must lose their points)
-BUGS = [
-    ("00", "move_batch mutates its input", "return {k: v.to(device) if isinstance(v, torch.Tensor) else v",
-     "batch.update({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)})\n"
-     "    return {k: v", {"move_batch"}),
-    ("00", "generator never seeded", "generator = torch.Generator().manual_seed(seed)", "generator = torch.Generator()",
-     {"reproducible_noise"}),
-    ("00", "every dtype assumed 4 bytes", "return t.numel() * t.element_size()", "return t.numel() * 4",
-     {"tensor_nbytes"}),
-    ("01", "softmax without subtracting the max", "z = x - x.max(dim=-1, keepdim=True).values", "z = x",
-     {"softmax"}),
-    ("01", "softmax over the wrong axis", "return e / e.sum(dim=-1, keepdim=True)",
-     "return e / e.sum(dim=0, keepdim=True)",
-     {"softmax", "ce_grad"}),
-    ("01", "gradient of the sum, not the mean", "F.one_hot(targets, v).to(logits.dtype)) / n",
-     "F.one_hot(targets, v).to(logits.dtype))", {"ce_grad"}),
-    ("01", "bigram normalised over columns", "return counts / counts.sum(dim=1, keepdim=True)",
-     "return counts / counts.sum(dim=0, keepdim=True)", {"bigram_probs"}),
-    ("01", "MLP without its nonlinearity", "h = torch.tanh(self.hidden(self.emb(x).flatten(1)))",
-     "h = self.hidden(self.emb(x).flatten(1))", {"mlp_forward"}),
-    ("01", "training without zero_grad", "    optimizer.zero_grad()\n", "", {"train_step", "trained_lm"}),
-    ("01", "temperature multiplies the logits", "probs = torch.softmax(logits / temperature, dim=-1)",
-     "probs = torch.softmax(logits * temperature, dim=-1)", {"sample"}),
-]
+def _load_bugs() -> list[tuple]:
+    """Each lab's bugs live in tests/bugs/labNN.py, so labs can be added without touching this file."""
+    bugs = []
+    for path in sorted((Path(__file__).parent / "bugs").glob("lab[0-9][0-9].py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        bugs += [(path.stem[3:], *bug) for bug in module.BUGS]
+    return bugs
+
+
+BUGS = _load_bugs()
 
 
 def learner_path(lab: str):
