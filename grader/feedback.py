@@ -59,8 +59,8 @@ def show(results: list[QuestionResult], note: str = "") -> None:
     except ImportError:
         shell = None
     if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        display(HTML(render_html(results, note)))
+        display({"text/html": render_html(results, note), "text/plain": render_text(results, note)}, raw=True)
     else:
         print(render_text(results, note))

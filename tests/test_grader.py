@@ -1,0 +1,243 @@
+"""Grader units: assertions and their messages, the registry, question statuses, in-notebook check(), CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grader import check, check_all
+from grader.asserts import (
+    CheckFailed,
+    assert_artifact,
+    assert_below,
+    assert_close,
+    assert_number_close,
+    assert_shape,
+    hidden_mode,
+)
+from grader.cli import main as cli_main
+from grader.feedback import render_html, render_text
+from grader.grading import run_question
+from grader.registry import Lab, find_question, lab_ids, load_lab
+
+# --- assertions ------------------------------------------------------------------------------------------------
+
+
+def test_assert_close_reports_shape_dtype_and_first_mismatch():
+    with pytest.raises(CheckFailed, match=r"shape \(2, 3\), expected \(3, 2\)"):
+        assert_close(torch.zeros(2, 3), torch.zeros(3, 2), "x")
+    with pytest.raises(CheckFailed, match="dtype torch.float64, expected torch.float32"):
+        assert_close(torch.zeros(2, dtype=torch.float64), torch.zeros(2), "x")
+    a, e = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.5, 4.0]])
+    with pytest.raises(CheckFailed) as info:
+        assert_close(a, e, "y", hint="look here")
+    msg = str(info.value)
+    assert "1 of 4 values differ" in msg and "index (1, 0)" in msg and "received 3" in msg and "expected 3.5" in msg
+    assert "Hint: look here" in msg
+    assert_close(a, a + 1e-7, "y")  # within tolerance: no error
+
+
+def test_assert_close_flags_nan_and_compares_numbers():
+    with pytest.raises(CheckFailed, match="NaN"):
+        assert_close(torch.tensor([float("nan")]), torch.tensor([1.0]), "z")
+    assert_close(torch.tensor(2.0), 2.0, "a scalar tensor against a number")
+    with pytest.raises(CheckFailed, match="should be a number"):
+        assert_close("2.0", 2.0, "a string")
+
+
+def test_hidden_mode_redacts_expected_values():
+    with hidden_mode(), pytest.raises(CheckFailed) as info:
+        assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.123456]), "secret")
+    msg = str(info.value)
+    assert "2.12346" not in msg and "(hidden)" in msg and "received 2" in msg
+    with hidden_mode(), pytest.raises(CheckFailed) as info:
+        assert_number_close(1.0, 42.0, "answer")
+    assert "42" not in str(info.value)
+    with hidden_mode(), pytest.raises(CheckFailed) as info:
+        assert_shape(torch.zeros(2), (7, 7), "t")
+    assert "(7, 7)" not in str(info.value)
+
+
+def test_metric_thresholds():
+    assert_below(0.5, 1.0, "loss")
+    for bad in (1.0, 2.0, math.nan):
+        with pytest.raises(CheckFailed, match="needs to be below 1"):
+            assert_below(bad, 1.0, "loss")
+
+
+def test_assert_artifact(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"w": torch.zeros(4, 64)}, path)
+    state = assert_artifact(path, "checkpoint", keys={"w": (4, 64)}, max_mb=1)
+    assert set(state) == {"w"}
+    with pytest.raises(CheckFailed, match="missing tensor 'b'"):
+        assert_artifact(path, "checkpoint", keys={"b": (1,)})
+    with pytest.raises(CheckFailed, match=r"shape \(4, 64\), expected \(64, 4\)"):
+        assert_artifact(path, "checkpoint", keys={"w": (64, 4)})
+    with pytest.raises(CheckFailed, match="at most 0.0001 MiB"):
+        assert_artifact(path, "checkpoint", max_mb=0.0001)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckFailed, match="does not load"):
+        assert_artifact(path, "checkpoint")
+    with pytest.raises(CheckFailed, match="no file"):
+        assert_artifact(tmp_path / "nope.pt", "checkpoint")
+
+
+# --- registry and statuses --------------------------------------------------------------------------------------
+
+
+def _toy_lab() -> Lab:
+    lab = Lab("99", "toy")
+    q = lab.question("double", points=2, uses=("double",), title="Double it")
+
+    @q.check
+    def _(double):
+        assert_close(double(torch.tensor([1.0, 2.0])), torch.tensor([2.0, 4.0]), "double([1, 2])")
+
+    @q.check(hidden=True)
+    def _(double):
+        assert_close(double(torch.tensor([5.0])), torch.tensor([10.0]), "double([5])")
+
+    g = lab.question("gpu_only", points=1, uses=("double",), title="GPU", device="cuda")
+    g.check(lambda double: None)
+    s = lab.question("slow", points=1, uses=("spin",), title="slow")
+
+    @s.check(timeout_s=0.5)
+    def _(spin):
+        spin()
+
+    return lab
+
+
+def _status(lab, qid, ns, hidden=True):
+    return run_question(lab, lab.questions[qid], ns, include_hidden=hidden)
+
+
+def test_statuses_cover_every_outcome():
+    lab = _toy_lab()
+    assert _status(lab, "double", {"double": lambda x: 2 * x}).status == "passed"
+    assert _status(lab, "double", {}).status == "not_implemented"
+
+    def stub(x):
+        raise NotImplementedError("Your code here")
+
+    r = _status(lab, "double", {"double": stub})
+    assert r.status == "not_implemented" and r.score == 0 and "NotImplementedError" in r.feedback
+    r = _status(lab, "double", {"double": lambda x: x})
+    assert r.status == "failed" and r.score == 0 and "expected 2" in r.feedback
+    r = _status(lab, "double", {"double": lambda x: x.undefined()})
+    assert r.status == "error" and "AttributeError" in r.feedback
+    # only the hidden check fails: public-only passes, full grading does not, and the message is redacted
+    sneaky = {"double": lambda x: 2 * x if len(x) == 2 else x}
+    assert _status(lab, "double", sneaky, hidden=False).status == "passed"
+    r = _status(lab, "double", sneaky)
+    assert r.status == "failed" and r.feedback.startswith("[hidden check]") and "10" not in r.feedback
+
+
+def test_gpu_question_is_skipped_not_zeroed_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = _status(_toy_lab(), "gpu_only", {"double": None})
+    assert r.status == "skipped" and r.max_score == 0 and "CUDA" in r.feedback
+
+
+def test_check_timeout():
+    def spin():
+        while True:
+            pass
+
+    r = _status(_toy_lab(), "slow", {"spin": spin})
+    assert r.status == "timeout" and "0.5 s" in r.feedback
+
+
+def test_registry_rejects_duplicates_and_bad_devices():
+    lab = Lab("98", "x")
+    lab.question("a", 1, ("a",), "a")
+    with pytest.raises(ValueError):
+        lab.question("a", 1, ("a",), "again")
+    with pytest.raises(ValueError):
+        lab.question("b", 1, ("b",), "b", device="tpu")
+
+
+def test_labs_are_discovered_and_questions_found():
+    assert {"00", "01"} <= set(lab_ids())
+    lab, q = find_question("softmax")
+    assert lab.id == "01" and q.points == 2 and "softmax" in q.uses
+    with pytest.raises(KeyError):
+        load_lab("77")
+
+
+# --- in-notebook check() ---------------------------------------------------------------------------------------
+
+
+def tensor_nbytes(t):
+    return t.numel() * t.element_size()
+
+
+def test_check_in_plain_python_prints_a_panel(capsys):
+    check("tensor_nbytes")  # finds tensor_nbytes in this module's globals, like a notebook's
+    out = capsys.readouterr().out
+    assert "tensor_nbytes" in out and "passed (2/2 pts)" in out and "hidden check" in out
+    wrong = {"tensor_nbytes": lambda t: t.numel() * 4}
+    check("tensor_nbytes", namespace=wrong)
+    out = capsys.readouterr().out
+    assert "failed (0/2 pts)" in out and "Hint" in out
+
+
+def test_check_accepts_the_object_itself(capsys):
+    def move_batch(batch, device):
+        raise NotImplementedError("Your code here")
+
+    check(move_batch)
+    assert "not implemented yet" in capsys.readouterr().out
+    with pytest.raises(ValueError):
+        check(42)
+
+
+def test_check_all_runs_every_public_question(capsys):
+    check_all("00", namespace={"tensor_nbytes": tensor_nbytes})
+    out = capsys.readouterr().out
+    assert out.count("not implemented yet") == 2 and "tensor_nbytes" in out
+
+
+def test_feedback_renders_text_and_escaped_html():
+    lab = _toy_lab()
+    r = _status(lab, "double", {"double": lambda x: x})
+    assert "❌ double" in render_text([r])
+    r.feedback = "<script>alert(1)</script>"
+    assert "<script>" not in render_html([r]) and "&lt;script&gt;" in render_html([r])
+
+
+# --- CLI --------------------------------------------------------------------------------------------------------
+
+
+def test_cli_list_and_progress(tmp_path, capsys):
+    assert cli_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "00  Setup and how this course works" in out and "01  From tensors" in out
+    from conftest import LABS
+
+    (tmp_path / "00_setup.ipynb").write_text((LABS / "00_setup.ipynb").read_text())
+    assert cli_main(["list", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0/3 exercises started" in out and "(no notebook)" in out
+
+
+def test_cli_doctor_reports_versions(capsys):
+    code = cli_main(["doctor"])
+    out = capsys.readouterr().out
+    assert "torch" in out and "device" in out and code in (0, 1)
+
+
+def test_cli_release_check_detects_stale(tmp_path, capsys):
+    from conftest import SOLUTIONS
+
+    sol, labs = tmp_path / "solutions", tmp_path / "labs"
+    sol.mkdir()
+    (sol / "00_setup.ipynb").write_text((SOLUTIONS / "00_setup.ipynb").read_text())
+    assert cli_main(["release", "--check", "--solutions", str(sol), "--labs", str(labs)]) == 1
+    assert cli_main(["release", "--solutions", str(sol), "--labs", str(labs)]) == 0
+    assert cli_main(["release", "--check", "--solutions", str(sol), "--labs", str(labs)]) == 0
+    assert cli_main(["release", "--solutions", str(tmp_path / "none")]) == 2
