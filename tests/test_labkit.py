@@ -1,0 +1,81 @@
+"""labkit basics: device choice and override, seeding, measurement, plots, held-out loss."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+import labkit
+from labkit.lm import mean_loss, random_batch, windows
+from labkit.plots import bars, heatmap, loss_curve
+
+matplotlib.use("Agg")
+
+
+def test_device_auto_and_override(monkeypatch, capsys):
+    monkeypatch.delenv("LABKIT_DEVICE", raising=False)
+    dev = labkit.device()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert dev.type == expected
+    assert f"Using device: {expected}" in capsys.readouterr().out
+    monkeypatch.setenv("LABKIT_DEVICE", "cpu")
+    assert labkit.device(verbose=False).type == "cpu" and not labkit.has_cuda()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("LABKIT_DEVICE", "cuda")
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            labkit.device()
+
+
+def test_seed_everything_makes_all_generators_repeat():
+    def draw():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    labkit.seed_everything(5)
+    first = draw()
+    labkit.seed_everything(5)
+    assert draw() == first
+    labkit.seed_everything(6)
+    assert draw() != first
+
+
+def test_timer_benchmark_and_flops():
+    with labkit.timer(items=1000) as t:
+        time.sleep(0.05)
+    assert 0.045 < t.seconds < 0.5 and 2000 < t.per_second < 22000
+    assert labkit.matmul_flops(2, 3, 4) == 48
+    assert 0.009 < labkit.benchmark(lambda: time.sleep(0.01), warmup=1, repeat=3) < 0.2
+
+
+def test_peak_memory_and_parameter_count():
+    with labkit.peak_memory() as mem:
+        x = torch.ones(1024, 1024)
+    assert mem.cpu_rss_mb > 10 and mem.cuda_peak_mb is None and x.sum() > 0
+    model = torch.nn.Linear(64, 32)
+    model.bias.requires_grad_(False)
+    assert labkit.count_parameters(model) == 64 * 32 + 32
+    assert labkit.count_parameters(model, trainable_only=True) == 64 * 32
+
+
+def test_windows_batches_and_mean_loss():
+    ids = torch.arange(20)
+    x, y = windows(ids, 4, torch.tensor([0, 10]))
+    assert x.tolist() == [[0, 1, 2, 3], [10, 11, 12, 13]] and y.tolist() == [4, 14]
+    xb, yb = random_batch(ids, 4, 8, torch.Generator().manual_seed(0))
+    assert xb.shape == (8, 4) and torch.equal(yb, xb[:, -1] + 1)
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(len(x), 20)
+
+    assert abs(mean_loss(Uniform(), ids, 4) - np.log(20)) < 1e-6
+
+
+def test_plots_return_figures():
+    assert loss_curve([3, 2, 1], {2: 1.5}, floor=0.5).axes
+    assert bars({"a": 1.0, "b": 2.0}, "t", "y").axes
+    assert heatmap(torch.rand(3, 3), "h", xlabels=list("abc"), ylabels=list("abc")).axes
