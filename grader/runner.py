@@ -306,14 +306,24 @@ def _execute_cells(client, nb, limits: Limits, start: float, execution: Executio
 
 def _responsive(client) -> bool:
     """After an interrupt, is the kernel idle again? A learner loop that swallows KeyboardInterrupt is not."""
-    probe = nbformat.v4.new_code_cell("pass")
     client.timeout = 10
     n = len(client.timed_out)
     try:
-        client.execute_cell(probe, -1)
+        _execute_extra(client, nbformat.v4.new_code_cell("pass"))
     except DeadKernelError:
         return False
     return len(client.timed_out) == n
+
+
+def _execute_extra(client, cell) -> None:
+    """Run a cell that is not the learner's. nbclient writes each executed cell back to nb.cells[index], so the
+    cell gets a real slot at the end for the duration and is removed afterwards; a negative index would overwrite
+    the learner's last cells."""
+    client.nb.cells.append(cell)
+    try:
+        client.execute_cell(cell, len(client.nb.cells) - 1)
+    finally:
+        client.nb.cells.pop()
 
 
 def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits, watchdog) -> dict:
@@ -322,7 +332,7 @@ def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits
     client.current_index = -2
     n = len(client.timed_out)
     try:
-        client.execute_cell(cell, -2)
+        _execute_extra(client, cell)
     except DeadKernelError:
         if watchdog.tripped_mb is not None:
             return {"died": f"memory limit exceeded ({watchdog.tripped_mb:.0f} MB used) while grading"}
