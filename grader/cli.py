@@ -1,4 +1,4 @@
-"""The `grader` command line: grade, release, list, doctor."""
+"""The `grader` command line: grade, release, list, doctor, batch, export, gradescope-bundle."""
 
 from __future__ import annotations
 
@@ -84,6 +84,111 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return doctor_main()
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from grader.batch import BatchOptions, default_hidden, run_batch
+    from grader.registry import UnknownLab, load_lab
+    from grader.runner import Limits
+    from grader.sandbox import Sandbox
+
+    root = Path(args.dir)
+    try:
+        lab = load_lab(args.lab).id
+    except UnknownLab as exc:
+        print(f"grader: error: {exc.args[0]}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not root.exists():
+        print(f"grader: error: no such folder or notebook: {root}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    out = Path(args.out or f"grading/{lab}/gradebook.csv")
+    limits = Limits(
+        cell_timeout_s=args.cell_timeout,
+        total_timeout_s=args.timeout,
+        memory_mb=args.memory_mb,
+        output_chars=args.output_chars,
+        grading_timeout_s=args.grading_timeout,
+    )
+    sandbox = Sandbox(hide=default_hidden(root, out)) if args.sandbox else None
+    opts = BatchOptions(lab, args.workers, limits, args.hard_timeout, sandbox, args.threads)
+    try:
+        run_batch(root, opts, out, only=args.only, student=args.student)
+    except ValueError as exc:
+        print(f"grader: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except KeyboardInterrupt:
+        print(f"grader: interrupted; {out} has a row for every submission", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from grader import exports
+
+    try:
+        records = exports.load_records(args.results)
+        if args.format == "junit":
+            text = exports.junit_xml(records)
+        elif args.format == "gradescope":
+            text = json.dumps(exports.gradescope_results(exports.best_record(records)), indent=1) + "\n"
+        else:
+            text = exports.classroom_output(exports.best_record(records)) + "\n"
+    except ValueError as exc:
+        print(f"grader: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from grader.exports import build_gradescope_bundle
+    from grader.registry import UnknownLab
+
+    try:
+        out = build_gradescope_bundle(args.lab, args.output or f"grading/autograder-{args.lab}.zip",
+                                      sandbox=not args.no_sandbox)
+    except (UnknownLab, FileNotFoundError) as exc:
+        print(f"grader: error: {exc} ({ROOT_HINT})", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(f"wrote {out}: upload it as the Gradescope autograder (Ubuntu base image)")
+    return 0
+
+
+def _add_batch_parsers(sub) -> None:
+    b = sub.add_parser("batch", help="grade a folder of submissions in parallel; write a gradebook")
+    b.add_argument("dir", help="one notebook or sub-folder per student (or one student's folder with --student)")
+    b.add_argument("--lab", required=True, help="lab number, e.g. 01")
+    b.add_argument("--workers", type=int, default=2, help="submissions graded at once (default 2)")
+    b.add_argument("--out", help="gradebook CSV (default grading/NN/gradebook.csv); results/ goes next to it")
+    b.add_argument("--only", action="append", metavar="STUDENT", help="regrade just this student (repeatable)")
+    b.add_argument("--student", help="DIR is this one student's submission (Gradescope, Classroom)")
+    b.add_argument("--timeout", type=float, default=900, help="whole-notebook budget in seconds (default 900)")
+    b.add_argument("--cell-timeout", type=float, default=300, help="per-cell timeout in seconds (default 300)")
+    b.add_argument("--grading-timeout", type=float, default=600, help="budget for the checks (default 600)")
+    b.add_argument("--memory-mb", type=int, default=4096, help="memory cap per kernel in MiB (default 4096)")
+    b.add_argument("--output-chars", type=int, default=2_000_000, help="output cap per notebook (default 2e6)")
+    b.add_argument("--hard-timeout", type=float, help="kill a submission's whole grading after this many seconds")
+    b.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per kernel (default 1)")
+    b.add_argument("--sandbox", action="store_true", help="run kernels under bubblewrap (no network, read-only)")
+    b.set_defaults(func=_cmd_batch)
+
+    e = sub.add_parser("export", help="convert batch results for Gradescope, GitHub Classroom or JUnit")
+    e.add_argument("format", choices=("gradescope", "classroom", "junit"))
+    e.add_argument("results", nargs="+", help="results/<student>.json files or folders of them")
+    e.add_argument("-o", "--output", help="write here instead of stdout")
+    e.set_defaults(func=_cmd_export)
+
+    g = sub.add_parser("gradescope-bundle", help="build the Gradescope autograder zip for a lab")
+    g.add_argument("--lab", required=True)
+    g.add_argument("-o", "--output", help="zip to write (default grading/autograder-NN.zip)")
+    g.add_argument("--no-sandbox", action="store_true", help="do not ask for the bubblewrap sandbox")
+    g.set_defaults(func=_cmd_bundle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grader", description="Specialist Labs autograder")
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check the environment and suggest fixes")
     d.set_defaults(func=_cmd_doctor)
+    _add_batch_parsers(sub)
     return p
 
 

@@ -8,6 +8,7 @@ on past failing cells so later questions are still graded. Anything on stderr
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import secrets
@@ -27,9 +28,10 @@ from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from grader.grading import LabResult, QuestionResult, environment
+from grader.grading import STATUSES, LabResult, QuestionResult, environment
 from grader.kernel import grading_cell_source
 from grader.registry import UnknownLab, lab_ids, load_lab
+from grader.sandbox import Sandbox
 
 KERNEL_NAME = "specialist-labs"
 
@@ -98,15 +100,16 @@ def detect_lab(nb: nbformat.NotebookNode, path: Path, lab: str | None) -> str:
     return str(candidate).zfill(2)
 
 
-def _kernel_spec_dir() -> str:
+def _kernel_spec_dir(sandbox: Sandbox | None = None, writable: tuple[Path, ...] = ()) -> str:
     """A kernelspec pinned to *this* interpreter, so the kernel sees the same grader and torch."""
     root = Path(tempfile.mkdtemp(prefix="sl-kernelspec-"))
     spec = root / KERNEL_NAME
     spec.mkdir()
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "Specialist Labs grader", "language": "python"})
-    )
+    kernelspec = {"argv": argv, "display_name": "Specialist Labs grader", "language": "python"}
+    if sandbox is not None:
+        kernelspec.update(sandbox.kernelspec_fields(argv, writable))
+    (spec / "kernel.json").write_text(json.dumps(kernelspec))
     return str(root)
 
 
@@ -191,8 +194,12 @@ def grade_notebook(
     include_hidden: bool = True,
     workdir: str | Path | None = None,
     env: dict | None = None,
+    sandbox: Sandbox | None = None,
 ) -> LabResult:
-    """Execute the notebook at `path` and run its lab's checks; never raises for learner faults."""
+    """Execute the notebook at `path` and run its lab's checks; never raises for learner faults.
+
+    `sandbox` confines the kernel (see grader.sandbox); None runs it as a plain child process.
+    """
     path = Path(path)
     limits = limits or Limits()
     nb = read_notebook(path)
@@ -202,16 +209,20 @@ def grade_notebook(
     own_workdir = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="sl-grade-"))
     private = Path(tempfile.mkdtemp(prefix="sl-results-"))
-    spec_dir = _kernel_spec_dir()
+    spec_dir = _kernel_spec_dir(sandbox, (workdir, private))
     out_path = str(private / f"{secrets.token_hex(8)}.json")
     nonce = secrets.token_hex(16)
     kernel_env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline", **(env or {})}
     kernel_env.setdefault("PYTHONHASHSEED", "0")
+    # Idle OpenMP threads sleep instead of spinning; spinning made training steps 20x slower on 2 shared cores.
+    kernel_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     execution = Execution(cells=sum(1 for c in nb.cells if c.cell_type == "code"))
     grading_status: dict = {}
     try:
         km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir])
+            kernel_name=KERNEL_NAME,
+            kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir]),
+            **(sandbox.manager_options(private) if sandbox is not None else {}),
         )
         client = _LimitedClient(
             nb,
@@ -304,21 +315,9 @@ def _execute_cells(client, nb, limits: Limits, start: float, execution: Executio
                 return
 
 
-def _responsive(client) -> bool:
-    """After an interrupt, is the kernel idle again? A learner loop that swallows KeyboardInterrupt is not."""
-    client.timeout = 10
-    n = len(client.timed_out)
-    try:
-        _execute_extra(client, nbformat.v4.new_code_cell("pass"))
-    except DeadKernelError:
-        return False
-    return len(client.timed_out) == n
-
-
 def _execute_extra(client, cell) -> None:
-    """Run a cell that is not the learner's. nbclient writes each executed cell back to nb.cells[index], so the
-    cell gets a real slot at the end for the duration and is removed afterwards; a negative index would overwrite
-    the learner's last cells."""
+    """Run a cell of the grader's own. nbclient stores an executed cell at the index it is given, so a
+    negative index would overwrite one of the learner's cells (the last one: not yet run after a timeout)."""
     client.nb.cells.append(cell)
     try:
         client.execute_cell(cell, len(client.nb.cells) - 1)
@@ -326,12 +325,28 @@ def _execute_extra(client, cell) -> None:
         client.nb.cells.pop()
 
 
-def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits, watchdog) -> dict:
-    cell = nbformat.v4.new_code_cell(grading_cell_source(lab_id, out_path, nonce, include_hidden))
-    client.timeout = int(limits.grading_timeout_s)
-    client.current_index = -2
+def _responsive(client) -> bool:
+    """After an interrupt, is the kernel idle again? A learner loop that swallows KeyboardInterrupt is not."""
+    probe = nbformat.v4.new_code_cell("pass")
+    client.timeout = 10
     n = len(client.timed_out)
     try:
+        _execute_extra(client, probe)
+    except DeadKernelError:
+        return False
+    return len(client.timed_out) == n
+
+
+def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits, watchdog) -> dict:
+    source = _import_guard_source() + grading_cell_source(lab_id, out_path, nonce, include_hidden)
+    cell = nbformat.v4.new_code_cell(source)
+    n = len(client.timed_out)
+    try:
+        client.timeout, client.current_index = 30, -3
+        _execute_extra(client, nbformat.v4.new_code_cell(_DISARM_SOURCE))
+        if len(client.timed_out) > n:
+            return {"timeout": True}
+        client.timeout, client.current_index = int(limits.grading_timeout_s), -2
         _execute_extra(client, cell)
     except DeadKernelError:
         if watchdog.tripped_mb is not None:
@@ -353,7 +368,9 @@ def _collect(lab_obj, out_path: str, nonce: str, execution: Execution, grading: 
             payload = {}
     except (OSError, json.JSONDecodeError):
         payload = {}
-    reported = {r["id"]: QuestionResult(**r) for r in payload.get("results", [])}
+    reported = _trusted_results(lab_obj, payload)
+    if reported is None:
+        reported, grading = {}, {**grading, "error": "its result failed the grader's integrity checks"}
     current = payload.get("current")
     results = []
     for q in lab_obj.questions.values():
@@ -378,3 +395,63 @@ def _collect(lab_obj, out_path: str, nonce: str, execution: Execution, grading: 
                 r.feedback = f"Cell(s) {cells} timed out, so this question's objects were not ready.\n{r.feedback}"
         results.append(r)
     return results
+
+
+# --- Tamper resistance -------------------------------------------------------------------------------------------
+# Learner code shares the kernel with the checks, so none of this is a wall (see docs/instructor-guide.md): it
+# stops the simple tricks - hooks on cell execution that would read the grading cell (and its nonce), a fake
+# `grader` package in the working directory or on sys.path, an import hook, a forged result with inflated points.
+
+_DISARM_SOURCE = """\
+import sys as _sl_sys, threading as _sl_threading
+_sl_ip = get_ipython()
+for _sl_callbacks in _sl_ip.events.callbacks.values():
+    _sl_callbacks.clear()
+_sl_ip.input_transformers_post.clear()
+_sl_ip.ast_transformers.clear()
+_sl_ip.input_transformers_cleanup[:] = [
+    t for t in _sl_ip.input_transformers_cleanup if getattr(t, "__module__", "").startswith("IPython.")
+]
+_sl_sys.settrace(None), _sl_sys.setprofile(None), _sl_threading.settrace(None), _sl_threading.setprofile(None)
+del _sl_sys, _sl_threading, _sl_ip, _sl_callbacks
+"""
+
+
+def _importer_name(importer) -> str:
+    return f"{getattr(importer, '__module__', '?')}.{getattr(importer, '__qualname__', type(importer).__qualname__)}"
+
+
+def _import_guard_source() -> str:
+    """Reset the kernel's import system to this interpreter's own before `grader` is imported afresh."""
+    path = [p for p in sys.path if p and os.path.isabs(p)]
+    keep = "[x for x in _sl_sys.{0} if _importer_name(x) in {1!r}]"
+    return (
+        "import sys as _sl_sys\n"
+        + inspect.getsource(_importer_name)
+        + f"_sl_sys.path[:] = {path!r}\n"
+        + f"_sl_sys.meta_path[:] = {keep.format('meta_path', sorted(map(_importer_name, sys.meta_path)))}\n"
+        + f"_sl_sys.path_hooks[:] = {keep.format('path_hooks', sorted(map(_importer_name, sys.path_hooks)))}\n"
+        + "_sl_sys.path_importer_cache.clear()\ndel _importer_name\n"
+    )
+
+
+def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None:
+    """Take only each question's status and feedback from the kernel; points follow from the registry.
+
+    None when the payload cannot be ours: unknown or repeated questions, a status the grader never
+    writes, or a skip of a question that runs anywhere.
+    """
+    rows = payload.get("results", []) if isinstance(payload, dict) else None
+    if not isinstance(rows, list):
+        return None
+    ids = [r.get("id") if isinstance(r, dict) else None for r in rows]
+    if len(set(ids)) != len(ids) or not set(ids) <= set(lab_obj.questions):
+        return None
+    trusted = {}
+    for row in rows:
+        q, status = lab_obj.questions[row["id"]], row.get("status")
+        if status not in STATUSES or (status == "skipped" and q.device != "cuda"):
+            return None
+        score, max_score = (q.points if status == "passed" else 0), (0 if status == "skipped" else q.points)
+        trusted[q.id] = QuestionResult(q.id, score, max_score, status, str(row.get("feedback", "")), q.title)
+    return trusted

@@ -1,0 +1,255 @@
+"""`grader batch`: finding submissions, the gradebook, regrading one student, determinism, the sandbox fallback."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import nbformat
+import pytest
+from conftest import LABS, add_cell, load, mutate, save, solution_path
+
+import grader.sandbox
+from grader.batch import (
+    BatchOptions,
+    classify,
+    discover,
+    gradebook_columns,
+    gradebook_row,
+    read_gradebook,
+    review_flags,
+    run_batch,
+    write_gradebook,
+)
+from grader.cli import main as cli_main
+from grader.exports import gradescope_results
+from grader.runner import Limits
+from grader.sandbox import Sandbox
+
+LIMITS = Limits(cell_timeout_s=30, total_timeout_s=120, memory_mb=3000, grading_timeout_s=60)
+LIMIT_ARGS = ["--cell-timeout", "30", "--timeout", "120", "--memory-mb", "3000", "--grading-timeout", "60"]
+
+
+def lean(path):
+    """Lab 00 without its environment report, which imports every library of the course (slow, irrelevant here)."""
+    nb = load(path)
+    nb.cells = [c for c in nb.cells if "from grader.doctor import report" not in c.source]
+    return nb
+
+
+SOLUTION = lean(solution_path("00"))
+UINT8_BUG = "return t.numel() * (2 if t.dtype == torch.uint8 else t.element_size())"
+BUGGY = mutate(SOLUTION, "return t.numel() * t.element_size()", UINT8_BUG)  # public checks pass, a hidden one fails
+QUESTIONS = ["move_batch", "reproducible_noise", "tensor_nbytes"]
+
+
+# --- finding submissions -----------------------------------------------------------------------------------------
+
+
+def touch(path, text="{}"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_students_come_from_file_and_folder_names(tmp_path):
+    touch(tmp_path / "zoe.ipynb")
+    touch(tmp_path / "alice" / "work" / "anything.ipynb")
+    touch(tmp_path / "bob" / "00_setup.ipynb")
+    touch(tmp_path / "bob" / "scratch.ipynb")
+    touch(tmp_path / "bob" / ".ipynb_checkpoints" / "00_setup-checkpoint.ipynb")
+    touch(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
+    subs = {s.student: s for s in discover(tmp_path, "00")}
+    assert list(subs) == ["alice", "bob", "empty", "zoe"]
+    assert subs["alice"].notebook.name == "anything.ipynb"
+    assert subs["bob"].notebook.name == "00_setup.ipynb", "the lab's notebook wins over scratch work"
+    assert subs["empty"].notebook is None and "no notebook" in subs["empty"].problem
+    assert subs["zoe"].notebook == tmp_path / "zoe.ipynb"
+
+
+def test_ambiguous_folder_is_explained_not_guessed(tmp_path):
+    touch(tmp_path / "carol" / "a.ipynb")
+    touch(tmp_path / "carol" / "b.ipynb")
+    (sub,) = discover(tmp_path, "00")
+    assert sub.notebook is None and "several notebooks (a.ipynb, b.ipynb)" in sub.problem
+
+
+def test_one_student_folder_or_file(tmp_path):
+    nb = touch(tmp_path / "sub" / "00_setup.ipynb")
+    touch(tmp_path / "sub" / "01_tensors.ipynb")
+    (one,) = discover(tmp_path / "sub", "00", student="submission")
+    assert one.student == "submission" and one.notebook == nb
+    (single,) = discover(nb, "00")
+    assert single.student == "00_setup" and single.notebook == nb
+
+
+def test_review_flags_catch_tricks_but_not_lab_work(tmp_path):
+    plain = save(SOLUTION, tmp_path / "plain.ipynb")
+    tricky = save(add_cell(SOLUTION, "import sys\ndel sys.modules['grader.kernel']"), tmp_path / "tricky.ipynb")
+    hooks = save(add_cell(SOLUTION, "get_ipython().events.register('post_run_cell', print)"), tmp_path / "h.ipynb")
+    assert review_flags(plain) == []
+    assert review_flags(tricky) == ["changes grader internals"]
+    assert review_flags(hooks) == ["hooks cell execution"]
+    assert review_flags(touch(tmp_path / "junk.ipynb", "not json")) == []
+
+
+# --- rows --------------------------------------------------------------------------------------------------------
+
+
+def result(statuses: dict[str, str], **execution) -> dict:
+    questions = [
+        {"id": q, "score": 2 if s == "passed" else 0, "max_score": 2, "status": s, "feedback": ""}
+        for q, s in statuses.items()
+    ]
+    return {"lab": "00", "score": sum(q["score"] for q in questions), "max_score": 6, "questions": questions,
+            "execution": {"errors": [], **execution}}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "execution", "status", "reason"),
+    [
+        (["passed"] * 3, {}, "graded", ""),
+        (["passed", "failed", "not_implemented"], {}, "partial", "failed: reproducible_noise; not_implemented:"),
+        (["passed", "passed", "timeout"], {"timed_out_cells": [13]}, "timeout", "cell(s) 13 timed out"),
+        (["error"] * 3, {"kernel_died": "memory limit exceeded (3100 MB used)"}, "memory", "memory limit exceeded"),
+        (["error"] * 3, {"kernel_died": "the kernel died (crashed or exited)"}, "crashed", "kernel died"),
+        (["passed"] * 3, {"output_truncated": True}, "graded", "output truncated"),
+    ],
+)
+def test_classify(statuses, execution, status, reason):
+    got = classify(result(dict(zip(QUESTIONS, statuses, strict=True)), **execution))
+    assert got[0] == status and (reason in got[1] if reason else got[1] == "")
+
+
+def record(student: str, res: dict | None, status: str = "partial", reason: str = "", review=()) -> dict:
+    return {"student": student, "lab": "00", "status": status, "reason": reason, "score": res["score"] if res else 0,
+            "max_score": 6, "wall_s": 1.0, "review": list(review), "result": res}
+
+
+def test_gradebook_rows_sorted_blank_when_not_graded_and_safe_in_spreadsheets(tmp_path):
+    path = tmp_path / "gb.csv"
+    rows = {
+        "zed": gradebook_row(record("zed", None, "unusable", "=HYPERLINK(evil)")),
+        "amy": gradebook_row(record("amy", result({"move_batch": "passed", "reproducible_noise": "failed",
+                                                   "tensor_nbytes": "passed"}), review=["hooks cell execution"])),
+    }
+    write_gradebook(path, "00", rows)
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",") == gradebook_columns("00")
+    assert lines[0] == "student,lab,move_batch,reproducible_noise,tensor_nbytes,total,max_score,status,reason"
+    back = read_gradebook(path)
+    assert list(back) == ["amy", "zed"]
+    assert back["amy"]["move_batch"] == "2" and back["amy"]["reproducible_noise"] == "0" and back["amy"]["total"] == "4"
+    assert back["amy"]["reason"] == "REVIEW: hooks cell execution"
+    assert back["zed"]["move_batch"] == "" and back["zed"]["total"] == "0"
+    assert back["zed"]["reason"] == "'=HYPERLINK(evil)", "a formula from a student must stay text"
+
+
+# --- a real batch ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """alice (folder) and alice_twin (same notebook), bob (the unfinished starter), carol (a hidden-check bug)."""
+    root = tmp_path_factory.mktemp("batch")
+    subs = root / "subs"
+    (subs / "alice").mkdir(parents=True)
+    (subs / "carol").mkdir()
+    save(SOLUTION, subs / "alice" / "00_setup.ipynb")
+    save(SOLUTION, subs / "alice_twin.ipynb")
+    save(lean(LABS / "00_setup.ipynb"), subs / "bob.ipynb")
+    save(BUGGY, subs / "carol" / "00_setup.ipynb")
+    gradebook = root / "out" / "gradebook.csv"
+    log = io.StringIO()
+    records = run_batch(subs, BatchOptions("00", workers=2, limits=LIMITS), gradebook, log=log)
+    return root, gradebook, {r["student"]: r for r in records}, log.getvalue()
+
+
+def test_gradebook_has_a_row_per_student_with_scores(graded):
+    _, gradebook, _, _ = graded
+    rows = read_gradebook(gradebook)
+    assert list(rows) == ["alice", "alice_twin", "bob", "carol"]
+    assert [rows[s]["total"] for s in rows] == ["6", "6", "0", "4"]
+    assert [rows[s]["status"] for s in rows] == ["graded", "graded", "partial", "partial"]
+    assert rows["carol"]["tensor_nbytes"] == "0" and rows["carol"]["reason"].startswith("failed: tensor_nbytes")
+    assert "not_implemented: move_batch, reproducible_noise, tensor_nbytes" in rows["bob"]["reason"]
+
+
+def test_grading_the_same_notebook_twice_gives_identical_results(graded):
+    _, gradebook, records, _ = graded
+    rows = read_gradebook(gradebook)
+    assert {**rows["alice"], "student": ""} == {**rows["alice_twin"], "student": ""}
+    def strip(r):
+        return [(q["id"], q["score"], q["status"], q["feedback"]) for q in r["result"]["questions"]]
+
+    assert strip(records["alice"]) == strip(records["alice_twin"])
+
+
+def test_progress_and_summary(graded):
+    _, _, _, log = graded
+    lines = log.splitlines()
+    assert sum(line.startswith("[") for line in lines) == 4 and any(line.startswith("[4/4] ") for line in lines)
+    assert "[1/4]" in log and "carol: 4/6 (partial)" in log
+    assert "4 submissions: graded 2, partial 2" in log and "submissions/min with 2 worker(s)" in log
+    assert "mean score 66.7%" in log
+
+
+def test_per_student_json_results(graded):
+    _, gradebook, _, _ = graded
+    data = json.loads((gradebook.parent / "results" / "carol.json").read_text())
+    assert data["student"] == "carol" and data["status"] == "partial" and data["score"] == 4
+    assert data["notebook"].endswith("carol/00_setup.ipynb") and data["result"]["lab"] == "00"
+
+
+def test_hidden_check_feedback_never_reveals_the_expected_value(graded):
+    _, _, records, _ = graded
+    feedback = {q["id"]: q["feedback"] for q in records["carol"]["result"]["questions"]}["tensor_nbytes"]
+    assert feedback.startswith("[hidden check]") and "is 50, expected (hidden)" in feedback
+    assert "25" not in feedback
+    tests = {t["name"]: t for t in gradescope_results(records["carol"])["tests"]}
+    assert tests["tensor_nbytes: hidden checks"]["visibility"] == "after_published"
+    assert "expected (hidden)" in tests["tensor_nbytes: hidden checks"]["output"]
+
+
+def test_regrade_one_student_updates_only_their_row(graded, capsys):
+    root, gradebook, _, _ = graded
+    before = read_gradebook(gradebook)
+    save(SOLUTION, root / "subs" / "carol" / "00_setup.ipynb")  # carol fixes her bug
+    argv = ["batch", str(root / "subs"), "--lab", "00", "--only", "carol", "--out", str(gradebook), *LIMIT_ARGS]
+    assert cli_main(argv) == 0
+    assert "[1/1] carol: 6/6 (graded)" in capsys.readouterr().err
+    after = read_gradebook(gradebook)
+    assert after["carol"]["total"] == "6" and after["carol"]["status"] == "graded"
+    assert {s: r for s, r in after.items() if s != "carol"} == {s: r for s, r in before.items() if s != "carol"}
+    assert json.loads((gradebook.parent / "results" / "carol.json").read_text())["score"] == 6
+
+
+def test_batch_cli_refuses_what_it_cannot_grade(graded, tmp_path, capsys):
+    root, gradebook, _, _ = graded
+    assert cli_main(["batch", str(root / "subs"), "--lab", "00", "--only", "nobody", "--out", str(gradebook)]) == 2
+    assert "no submission for nobody" in capsys.readouterr().err
+    assert cli_main(["batch", str(root / "subs"), "--lab", "42"]) == 2
+    assert cli_main(["batch", str(tmp_path / "missing"), "--lab", "00"]) == 2
+
+
+def test_without_bubblewrap_the_sandbox_falls_back_to_process_limits_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(grader.sandbox, "_probe", lambda: (None, "bubblewrap (bwrap) is not installed"))
+    outside = tmp_path / "outside.txt"
+    probe = (
+        f"open({str(outside)!r}, 'w').write('not isolated')\n"
+        "try:\n    open('big.bin', 'wb').write(b'x' * 3 * 2**20)\nexcept OSError as e:\n    print('blocked:', e)\n"
+        "    raise\n"
+    )
+    nb = copy.deepcopy(SOLUTION)
+    nb.cells.insert(2, nbformat.v4.new_code_cell(probe))
+    save(nb, tmp_path / "dora.ipynb")
+    log = io.StringIO()
+    opts = BatchOptions("00", workers=1, limits=LIMITS, sandbox=Sandbox(file_size_mb=1))
+    (rec,) = run_batch(tmp_path / "dora.ipynb", opts, tmp_path / "out" / "gb.csv", log=log)
+    assert "process limits only" in log.getvalue() and "WARNING" in log.getvalue()
+    assert outside.read_text() == "not isolated", "honest: without bubblewrap nothing stops this write"
+    errors = rec["result"]["execution"]["errors"]
+    assert [e["evalue"] for e in errors] == ["[Errno 27] File too large"], "but the file-size limit holds"
+    assert rec["status"] == "graded" and rec["score"] == 6
