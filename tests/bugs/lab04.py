@@ -1,0 +1,26 @@
+"""Realistic bugs in lab 04: (name, text in the solution, replacement, questions that must lose points)."""
+
+BUGS = [
+    ("targets not shifted", "return window[:, :-1], window[:, 1:]", "return window[:, :-1], window[:, :-1]",
+     {"get_batch", "pretrained_lm"}),
+    ("warm-up off by one", "return max_lr * (step + 1) / warmup_steps", "return max_lr * step / warmup_steps",
+     {"lr_schedule"}),
+    ("cosine never reaches min_lr", "progress = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)",
+     "progress = (step - warmup_steps) / (total_steps - warmup_steps)", {"lr_schedule"}),
+    ("clipping each parameter on its own",
+     "    if total > max_norm:\n        for g in grads:\n            g.mul_(max_norm / (total + 1e-6))\n",
+     "    for g in grads:\n        g.mul_(min(1.0, max_norm / (g.norm().item() + 1e-6)))\n", {"clip_grad"}),
+    ("clipping scales small gradients up", "    if total > max_norm:\n        for g in grads:",
+     "    if True:\n        for g in grads:", {"clip_grad"}),
+    ("mean of the batches' mean losses",
+     ', reduction="sum").item()\n        n_tokens += yb.numel()', ").item()\n        n_tokens += 1",
+     {"perplexity"}),
+    ("resume forgets the optimizer state", '    optimizer.load_state_dict(state["optimizer"])\n', "",
+     {"checkpoint_resume"}),
+    ("resume forgets the batch generator", '    generator.set_state(state["generator"])\n', "",
+     {"checkpoint_resume"}),
+    ("top-k keeps k + 1 tokens", "kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]",
+     "kth = torch.topk(logits, min(top_k + 1, logits.size(-1))).values[:, [-1]]", {"top_k_sample"}),
+    ("temperature multiplies the logits", "logits = logits / temperature", "logits = logits * temperature",
+     {"top_k_sample"}),
+]
