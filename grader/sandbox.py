@@ -102,6 +102,8 @@ class Sandbox:
         if _supports_tmpfs_size(bwrap):
             args += ["--size", str(self.tmp_size_mb * 2**20)]
         args += ["--tmpfs", "/tmp"]
+        for path in _needed_under_tmp():
+            args += ["--ro-bind", str(path), str(path)]
         for path in self.hide:
             if Path(path).exists():
                 args += ["--tmpfs", str(Path(path).resolve())]
@@ -126,6 +128,23 @@ class Sandbox:
             "MPLCONFIGDIR",
             "/tmp/matplotlib",
         ]
+
+
+def _needed_under_tmp() -> list[Path]:
+    """What the kernel needs that lives under /tmp, which the sandbox replaces by an empty tmpfs: a course cloned
+    or installed there (the interpreter, site-packages, the course itself via sys.path) and a model cache there."""
+    from labkit.zoo import cache_dir
+
+    candidates = [sys.prefix, sys.base_prefix, Path(sys.executable).parent, cache_dir(), *sys.path]
+    tmp = Path("/tmp").resolve()
+    found: list[Path] = []
+    for entry in candidates:
+        path = Path(entry).resolve() if entry and os.path.isabs(entry) else None
+        if path is None or not path.is_dir() or tmp not in path.parents:
+            continue
+        if not any(p == path or p in path.parents for p in found):
+            found = [p for p in found if path not in p.parents] + [path]
+    return sorted(found)
 
 
 def _limit_and_exec(argv: list[str] | None = None) -> None:

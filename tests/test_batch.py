@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,7 +27,7 @@ from grader.batch import (
 from grader.cli import main as cli_main
 from grader.exports import gradescope_results
 from grader.runner import Limits
-from grader.sandbox import Sandbox
+from grader.sandbox import Sandbox, bwrap_available
 
 LIMITS = Limits(cell_timeout_s=30, total_timeout_s=120, memory_mb=3000, grading_timeout_s=60)
 LIMIT_ARGS = ["--cell-timeout", "30", "--timeout", "120", "--memory-mb", "3000", "--grading-timeout", "60"]
@@ -253,3 +255,19 @@ def test_without_bubblewrap_the_sandbox_falls_back_to_process_limits_and_says_so
     errors = rec["result"]["execution"]["errors"]
     assert [e["evalue"] for e in errors] == ["[Errno 27] File too large"], "but the file-size limit holds"
     assert rec["status"] == "graded" and rec["score"] == 6
+
+
+def test_a_course_installed_under_tmp_stays_visible_inside_the_sandbox(tmp_path, monkeypatch):
+    """The sandbox mounts an empty /tmp; a clone (and its venv) under /tmp must be mounted back, read-only."""
+    import labkit.zoo  # noqa: F401  (imported before sys.path is replaced below)
+
+    course = tmp_path / "course"
+    (course / ".venv" / "lib").mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", ["", "relative", "/usr/lib", str(course / ".venv" / "lib"), str(course)])
+    needed = grader.sandbox._needed_under_tmp()
+    assert course.resolve() in needed and (course / ".venv" / "lib").resolve() not in needed
+    assert all(Path("/tmp").resolve() in p.parents for p in needed)
+    args = Sandbox()._bwrap_args([]) if bwrap_available() else []
+    if args:
+        tmpfs, rebind = args.index("/tmp"), args.index(str(course.resolve()))
+        assert tmpfs < rebind and args[rebind - 1] == "--ro-bind", "mounted back after the empty /tmp, read-only"
