@@ -120,8 +120,8 @@ class _LimitedClient(NotebookClient):
         super().__init__(*args, **kwargs)
         self._output_budget = output_chars
         self.truncated = False
-        self.timed_out: list[int] = []
-        self.current_index = -1
+        self.timed_out: list[int | None] = []  # indices of the learner's cells; None for the grader's own
+        self.current_index: int | None = None
 
     def output(self, outs, msg, display_id, cell_index):
         size = len(json.dumps(msg.get("content", {})))
@@ -319,6 +319,7 @@ def _execute_extra(client, cell) -> None:
     """Run a cell of the grader's own. nbclient stores an executed cell at the index it is given, so a
     negative index would overwrite one of the learner's cells (the last one: not yet run after a timeout)."""
     client.nb.cells.append(cell)
+    client.current_index = None  # a timeout here is not a learner cell's
     try:
         client.execute_cell(cell, len(client.nb.cells) - 1)
     finally:
@@ -342,11 +343,11 @@ def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits
     cell = nbformat.v4.new_code_cell(source)
     n = len(client.timed_out)
     try:
-        client.timeout, client.current_index = 30, -3
+        client.timeout = 30
         _execute_extra(client, nbformat.v4.new_code_cell(_DISARM_SOURCE))
         if len(client.timed_out) > n:
             return {"timeout": True}
-        client.timeout, client.current_index = int(limits.grading_timeout_s), -2
+        client.timeout = int(limits.grading_timeout_s)
         _execute_extra(client, cell)
     except DeadKernelError:
         if watchdog.tripped_mb is not None:

@@ -21,7 +21,6 @@ import nbformat
 
 from grader.batch import BatchOptions, run_batch
 from grader.release import find_regions, release_notebook
-from grader.runner import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +66,8 @@ def _single_cell(nb: nbformat.NotebookNode, index: int) -> nbformat.NotebookNode
 
 
 def grade_class(folder: Path, lab: str, workers: int, out: Path) -> tuple[list[dict], float]:
-    """Grade the class once; (records, wall seconds). The log goes to a buffer: the summary is printed by main."""
-    opts = BatchOptions(lab, workers=workers, limits=Limits(total_timeout_s=900, cell_timeout_s=300, memory_mb=3000))
+    """Grade the class once: (records, wall seconds). The batch log is kept quiet; main prints the table."""
+    opts = BatchOptions(lab, workers=workers)  # the limits `grader batch` uses by default
     start = time.monotonic()
     records = run_batch(folder, opts, out, log=io.StringIO())
     return records, time.monotonic() - start
