@@ -474,11 +474,13 @@ def run_batch(
 def default_hidden(root: Path, gradebook: Path) -> tuple[Path, ...]:
     """What a sandboxed submission must not read: other submissions, the gradebook, solutions.
 
-    A path that holds the grader or the Python installation itself is never hidden: the kernel needs it.
+    A path that holds what the kernel reads (the grader, the Python installation, the model cache) is never
+    hidden.
     """
     import grader
+    from grader.sandbox import kernel_paths
 
-    needed = [Path(grader.__file__).resolve().parent, Path(sys.prefix).resolve(), Path(sys.executable).resolve()]
+    needed = kernel_paths()
     course = Path(grader.__file__).resolve().parents[1]
     candidates = [Path(root), Path(gradebook).parent, course / "solutions", Path.cwd() / "solutions"]
     hidden = []

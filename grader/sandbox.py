@@ -130,21 +130,26 @@ class Sandbox:
         ]
 
 
-def _needed_under_tmp() -> list[Path]:
-    """What the kernel needs that lives under /tmp, which the sandbox replaces by an empty tmpfs: a course cloned
-    or installed there (the interpreter, site-packages, the course itself via sys.path) and a model cache there."""
+def kernel_paths() -> list[Path]:
+    """The directories a grading kernel reads: the interpreter and its libraries, the course (through sys.path)
+    and the model cache. The sandbox never hides them, and mounts back those that live under /tmp."""
+    import grader
+    import labkit
     from labkit.zoo import cache_dir
 
-    candidates = [sys.prefix, sys.base_prefix, Path(sys.executable).parent, cache_dir(), *sys.path]
+    exe = Path(sys.executable)
+    packages = [Path(grader.__file__).parent, Path(labkit.__file__).parent]  # editable installs: not on sys.path
+    candidates = [sys.prefix, sys.base_prefix, exe.parent, exe.resolve().parent, *packages, cache_dir(), *sys.path]
+    paths = {Path(c).resolve() for c in candidates if c and os.path.isabs(c)}
+    return sorted(p for p in paths if p.is_dir())
+
+
+def _needed_under_tmp() -> list[Path]:
+    """Kernel paths under /tmp, which the sandbox replaces by an empty tmpfs (a course cloned or installed
+    there, its venv, a model cache there); outermost only, so each is mounted once."""
     tmp = Path("/tmp").resolve()
-    found: list[Path] = []
-    for entry in candidates:
-        path = Path(entry).resolve() if entry and os.path.isabs(entry) else None
-        if path is None or not path.is_dir() or tmp not in path.parents:
-            continue
-        if not any(p == path or p in path.parents for p in found):
-            found = [p for p in found if path not in p.parents] + [path]
-    return sorted(found)
+    under = [p for p in kernel_paths() if tmp in p.parents]
+    return [p for p in under if not any(q in p.parents for q in under)]
 
 
 def _limit_and_exec(argv: list[str] | None = None) -> None:

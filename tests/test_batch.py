@@ -259,7 +259,10 @@ def test_without_bubblewrap_the_sandbox_falls_back_to_process_limits_and_says_so
 
 def test_a_course_installed_under_tmp_stays_visible_inside_the_sandbox(tmp_path, monkeypatch):
     """The sandbox mounts an empty /tmp; a clone (and its venv) under /tmp must be mounted back, read-only."""
-    import labkit.zoo  # noqa: F401  (imported before sys.path is replaced below)
+    import labkit.zoo  # (imported before sys.path is replaced below)
+
+    package = Path(labkit.zoo.__file__).resolve().parent
+    assert package in grader.sandbox.kernel_paths(), "an editable install puts no course folder on sys.path"
 
     course = tmp_path / "course"
     (course / ".venv" / "lib").mkdir(parents=True)
