@@ -3,10 +3,14 @@
 Learner notebooks are build artefacts: they are regenerated from the solutions and never edited by
 hand, so the transformation must be pure and byte-stable (same solution -> same bytes), which lets
 CI fail when a committed lab drifts from its solution (``release_all(..., check=True)``).
+
+Exercise cells, and the cells that use what they define, are tagged ``raises-exception`` so that
+``pytest --nbval-lax labs/`` passes on an untouched learner notebook and fails on any other error.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import hashlib
 import re
@@ -18,10 +22,9 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"
 END_SOLUTION = "### END SOLUTION"
-BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
-END_HIDDEN = "### END HIDDEN TESTS"
 CODE_STUB = ("# YOUR CODE HERE", 'raise NotImplementedError("Your code here: see the instructions above.")')
 ANSWER_STUB = ("YOUR ANSWER HERE",)
+RAISES_TAG = "raises-exception"  # nbval (and nbclient) accept an error in a cell with this tag
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 LAB_NAME = re.compile(r"^\d\d_.+\.ipynb$")
 
@@ -66,33 +69,120 @@ def find_regions(
     return regions
 
 
-def _replace_regions(
-    lines: list[str], regions: list[tuple[int, int]], stub: tuple[str, ...] | None
-) -> list[str]:
-    """Replace each region with ``stub`` at the BEGIN marker's indentation (or drop it if stub is None)."""
+def _replace_regions(lines: list[str], regions: list[tuple[int, int]], stub: tuple[str, ...]) -> list[str]:
+    """Replace each region with ``stub`` at the BEGIN marker's indentation."""
     out: list[str] = []
     prev = 0
     for start, stop in regions:
         out.extend(lines[prev:start])
-        if stub is not None:
-            indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
-            out.extend(indent + s for s in stub)
+        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+        out.extend(indent + s for s in stub)
         prev = stop + 1
     out.extend(lines[prev:])
     return out
 
 
-def _release_source(source: str, cell_type: str, index: int) -> str:
-    """Strip hidden tests, then stub out solution regions; tidy whitespace only if something changed."""
-    lines = source.splitlines()
-    find_regions(source, cell=index)  # validate first so errors cite the solution's own line numbers
-    hidden = find_regions(source, BEGIN_HIDDEN, END_HIDDEN, cell=index)
-    lines = _replace_regions(lines, hidden, None)
-    solution = find_regions("\n".join(lines), cell=index)
-    lines = _replace_regions(lines, solution, CODE_STUB if cell_type == "code" else ANSWER_STUB)
-    if not hidden and not solution:
-        return source
-    return "\n".join(line.rstrip() for line in lines).strip("\n")
+def _release_source(source: str, cell_type: str, index: int) -> tuple[str, bool]:
+    """Stub out solution regions; tidy whitespace only if something changed. Returns (source, stubbed)."""
+    solution = find_regions(source, cell=index)
+    if not solution:
+        return source, False
+    lines = _replace_regions(source.splitlines(), solution, CODE_STUB if cell_type == "code" else ANSWER_STUB)
+    return "\n".join(line.rstrip() for line in lines).strip("\n"), True
+
+
+class _Names(ast.NodeVisitor):
+    """Names a statement reads (at any depth), binds and changes in place at the notebook's top level."""
+
+    def __init__(self) -> None:
+        self.loads: set[str] = set()
+        self.binds: set[str] = set()
+        self.changes: set[str] = set()
+        self._depth = 0
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.loads.add(node.id)
+        elif self._depth == 0:
+            self.binds.add(node.id)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        if isinstance(node.target, ast.Name):
+            self.loads.add(node.target.id)  # `x += 1` reads x
+        self.generic_visit(node)
+
+    def _changed(self, node: ast.Attribute | ast.Subscript) -> None:
+        base = node.value
+        while isinstance(base, (ast.Attribute, ast.Subscript)):
+            base = base.value
+        if not isinstance(node.ctx, ast.Load) and isinstance(base, ast.Name) and self._depth == 0:
+            self.changes.add(base.id)  # `model.head = ...`, `results[k] = ...` change what `model`, `results` hold
+        self.generic_visit(node)
+
+    visit_Attribute = visit_Subscript = _changed
+
+    def _scope(self, node: ast.AST) -> None:
+        if self._depth == 0 and hasattr(node, "name"):
+            self.binds.add(node.name)
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Lambda = _scope
+
+    def _import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if self._depth == 0:
+            self.binds.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+
+    visit_Import = visit_ImportFrom = _import
+
+
+def _names(node: ast.AST) -> _Names:
+    names = _Names()
+    names.visit(node)
+    return names
+
+
+def _statements(source: str) -> list[ast.stmt] | None:
+    """The cell's top-level statements, IPython magics turned into Python first; None if it does not parse."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return ast.parse(TransformerManager().transform_cell(source)).body
+    except SyntaxError:
+        return None
+
+
+def _binds(source: str) -> set[str]:
+    return {name for stmt in _statements(source) or [] for name in _names(stmt).binds}
+
+
+def _may_raise(source: str, exercise: bool, unsafe: set[str]) -> bool:
+    """Whether an untouched learner notebook may raise in this cell; adds the names it leaves unsafe.
+
+    A name is unsafe when using it may raise: a function whose body is a stub (or uses an unsafe
+    name), or a value assigned after something in its cell may have raised. Static and conservative,
+    so the release stays a pure function of the solution.
+    """
+    statements = _statements(source)
+    if statements is None:  # not Python even after IPython's transformations: assume the worst
+        unsafe.update(re.findall(r"[A-Za-z_]\w*", source))
+        return True
+    stub_lines = {i + 1 for i, line in enumerate(source.splitlines()) if exercise and line.strip() == CODE_STUB[1]}
+    raised = False
+    for stmt in statements:
+        names = _names(stmt)
+        stubbed = any(stmt.lineno <= n <= (stmt.end_lineno or stmt.lineno) for n in stub_lines)
+        risky = stubbed or bool(names.loads & unsafe)
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            tainted = risky or raised  # defining runs no body, but calling it may raise
+        else:
+            raised = tainted = raised or risky
+        if tainted:
+            unsafe.update(names.binds | names.changes)
+        else:
+            unsafe.difference_update(names.binds)  # safely rebound
+    return raised
 
 
 def _derived_id(index: int, source: str, used: set[str]) -> str:
@@ -118,15 +208,17 @@ def release_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     if len(used) != len(given):
         raise ReleaseError("solution notebook has duplicate cell ids")
     factories = {"code": new_code_cell, "markdown": new_markdown_cell, "raw": new_raw_cell}
+    unsafe: set[str] = set()
     for index, cell in enumerate(nb.cells):
         tags = list(cell.get("metadata", {}).get("tags", []))
         source = cell.source if isinstance(cell.source, str) else "".join(cell.source)
-        if "hidden" in tags or "solution-only" in tags:
-            continue
-        had_content = bool(source.strip())
-        released = _release_source(source, cell.cell_type, index)
-        if had_content and not released.strip():
-            continue  # the cell held nothing but hidden tests; an empty husk would only confuse learners
+        released, exercise = _release_source(source, cell.cell_type, index)
+        if cell.cell_type == "code":
+            may_raise = _may_raise(released, exercise, unsafe)
+            if exercise:  # what only the solution defines is undefined in the learner's notebook
+                unsafe.update(_binds(source) - _binds(released))
+            if (exercise or may_raise) and RAISES_TAG not in tags:
+                tags.append(RAISES_TAG)
         new = factories[cell.cell_type](source=released)
         new.id = cell["id"] if "id" in cell else _derived_id(index, source, used)
         used.add(new.id)
