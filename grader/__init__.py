@@ -14,9 +14,9 @@ __all__ = ["check", "check_all", "__version__"]
 
 def _run_public(pairs, namespace: dict) -> list:
     from grader.feedback import show
-    from grader.grading import run_question
+    from grader.grading import run_question, session_fixtures
 
-    results = [run_question(lab, q, namespace, include_hidden=False) for lab, q in pairs]
+    results = [run_question(q, namespace, False, session_fixtures(lab)) for lab, q in pairs]
     hidden = sum(1 for _, q in pairs for c in q.checks if c.hidden)
     note = f"{hidden} hidden check(s) also run at grading time." if hidden else ""
     show(results, note)
@@ -36,11 +36,21 @@ def check(question: str | Callable, namespace: dict | None = None) -> None:
         pairs = [find_question(question)]
     else:
         name = getattr(question, "__name__", None)
-        pairs = find_questions_using(name) if name else []
+        pairs = find_questions_using(name, _notebook_lab(ns)) if name else []
         if not pairs:
             raise ValueError("check() needs a question id like check('softmax') or a function defined for one.")
         ns[name] = question
     _run_public(pairs, ns)
+
+
+def _notebook_lab(namespace: dict) -> str | None:
+    """The lab of the running notebook, from the session path Jupyter gives the kernel (NN_*.ipynb), if any."""
+    import os
+    import re
+
+    path = namespace.get("__session__") or os.environ.get("JPY_SESSION_NAME") or ""
+    match = re.match(r"(\d\d)_", os.path.basename(str(path)))
+    return match.group(1) if match else None
 
 
 def check_all(lab: str, namespace: dict | None = None) -> None:

@@ -1,9 +1,10 @@
 """ML-aware assertions: tensors with tolerances, metric thresholds, saved artifacts.
 
-Every failure raises `CheckFailed` with a message written for a learner: what was
-checked, expected vs received (shape, dtype, first mismatching index and values) and
-a hint. Inside a *hidden* check the expected values are redacted automatically, so
-a failure message can never leak a hidden reference answer.
+Every failure raises `CheckFailed` carrying its parts - what was checked, what was received,
+what was expected and a hint - rather than finished prose. The framework renders them, and
+inside a *hidden* check it shows "(hidden)" in place of every expected value, whoever wrote the
+check: each expected value an assertion sees there is also recorded, so the framework can
+scrub it from free text too (see `grader.grading`).
 """
 
 from __future__ import annotations
@@ -17,29 +18,52 @@ from typing import Any
 
 import torch
 
-_REVEAL = contextvars.ContextVar("reveal_expected", default=True)
+HIDDEN = "(hidden)"
+# Expected values seen by assertions inside the running hidden check; None outside one.
+_SECRETS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("hidden_expected", default=None)
 
 
 class CheckFailed(AssertionError):
-    """A check found a wrong answer. The message is shown to the learner as is."""
+    """A check found a wrong answer: what, received, expected and a hint, rendered by the framework."""
 
-    def __init__(self, message: str, hint: str | None = None):
-        self.hint = hint
-        super().__init__(message + (f"\nHint: {hint}" if hint else ""))
+    def __init__(self, what: str, hint: str | None = None, *, expected: Any = None, received: Any = None):
+        self.what, self.hint = what, hint
+        self.expected = None if expected is None else str(expected)
+        self.received = None if received is None else str(received)
+        _remember(self.expected)
+        super().__init__(self.render())
+
+    def render(self, reveal: bool = True) -> str:
+        lines = [self.what]
+        if self.received is not None:
+            lines.append(f"  received: {self.received}")
+        if self.expected is not None:
+            lines.append(f"  expected: {self.expected if reveal else HIDDEN}")
+        if self.hint:
+            lines.append(f"Hint: {self.hint}")
+        return "\n".join(lines)
 
 
 @contextmanager
-def hidden_mode() -> Iterator[None]:
-    """Within this block, assertion messages never include expected values."""
-    token = _REVEAL.set(False)
+def hidden_mode() -> Iterator[list[str]]:
+    """Run a hidden check: yields the expected values its failing assertions carried, to scrub from free text."""
+    secrets: list[str] = []
+    token = _SECRETS.set(secrets)
     try:
-        yield
+        yield secrets
     finally:
-        _REVEAL.reset(token)
+        _SECRETS.reset(token)
 
 
 def reveals() -> bool:
-    return _REVEAL.get()
+    """False inside a hidden check: a check that writes its own text must not show expected values there."""
+    return _SECRETS.get() is None
+
+
+def _remember(*values: str | None) -> None:
+    secrets = _SECRETS.get()
+    if secrets is not None:
+        secrets.extend(v for v in values if v)
 
 
 def _fmt(x: Any) -> str:
@@ -48,19 +72,17 @@ def _fmt(x: Any) -> str:
     return repr(x)
 
 
-def _expected(text: str) -> str:
-    return text if reveals() else "(hidden)"
-
-
 def _preview(t: torch.Tensor, n: int = 4) -> str:
     flat = t.detach().flatten()[:n].tolist()
     return "[" + ", ".join(_fmt(float(v)) for v in flat) + (", ...]" if t.numel() > n else "]")
 
 
-def check(condition: bool, message: str, hint: str | None = None) -> None:
-    """Plain boolean check with a learner-facing message."""
+def check(
+    condition: bool, message: str, hint: str | None = None, *, expected: Any = None, received: Any = None
+) -> None:
+    """Plain boolean check. Put the expected value in `expected=`, never in `message`: it is hidden there."""
     if not condition:
-        raise CheckFailed(message, hint)
+        raise CheckFailed(message, hint, expected=expected, received=received)
 
 
 def assert_type(value: Any, types: type | tuple[type, ...], name: str, hint: str | None = None) -> None:
@@ -72,7 +94,7 @@ def assert_type(value: Any, types: type | tuple[type, ...], name: str, hint: str
 def assert_shape(t: Any, shape: Sequence[int], name: str, hint: str | None = None) -> None:
     assert_type(t, torch.Tensor, name, hint)
     if tuple(t.shape) != tuple(shape):
-        raise CheckFailed(f"{name} has shape {tuple(t.shape)}, expected {_expected(str(tuple(shape)))}.", hint)
+        raise CheckFailed(f"{name} has the wrong shape.", hint, received=tuple(t.shape), expected=tuple(shape))
 
 
 def assert_close(
@@ -91,10 +113,10 @@ def assert_close(
     assert_type(actual, torch.Tensor, name, hint)
     if tuple(actual.shape) != tuple(expected.shape):
         raise CheckFailed(
-            f"{name} has shape {tuple(actual.shape)}, expected {_expected(str(tuple(expected.shape)))}.", hint
+            f"{name} has the wrong shape.", hint, received=tuple(actual.shape), expected=tuple(expected.shape)
         )
     if check_dtype and actual.dtype != expected.dtype:
-        raise CheckFailed(f"{name} has dtype {actual.dtype}, expected {expected.dtype}.", hint)
+        raise CheckFailed(f"{name} has the wrong dtype.", hint, received=actual.dtype, expected=expected.dtype)
     a = actual.detach().to("cpu", torch.float64)
     e = expected.detach().to("cpu", torch.float64)
     if torch.isnan(a).any() and not torch.isnan(e).any():
@@ -105,15 +127,14 @@ def assert_close(
         idx = tuple(int(i) for i in torch.nonzero(bad)[0])
         n_bad, n = int(bad.sum()), bad.numel()
         max_err = float((a - e).abs().nan_to_num(nan=math.inf).max())
-        msg = (
-            f"{name}: {n_bad} of {n} values differ (max abs error {max_err:.3g}, rtol={rtol:g}, atol={atol:g}).\n"
-            f"  first mismatch at index {idx}: received {_fmt(float(a[idx]))}, "
-            f"expected {_expected(_fmt(float(e[idx])))}\n"
-            f"  received starts {_preview(a)}"
+        _remember(_fmt(float(e[idx])), _preview(e))
+        raise CheckFailed(
+            f"{name}: {n_bad} of {n} values differ (max abs error {max_err:.3g}, rtol={rtol:g}, atol={atol:g}); "
+            f"first mismatch at index {idx}.",
+            hint,
+            received=f"{_fmt(float(a[idx]))} at {idx}; starts {_preview(a)}",
+            expected=f"{_fmt(float(e[idx]))} at {idx}; starts {_preview(e)}",
         )
-        if reveals():
-            msg += f"\n  expected starts {_preview(e)}"
-        raise CheckFailed(msg, hint)
 
 
 def assert_number_close(
@@ -124,12 +145,12 @@ def assert_number_close(
     if isinstance(actual, bool) or not isinstance(actual, int | float):
         raise CheckFailed(f"{name} should be a number, got {type(actual).__name__}.", hint)
     if not math.isclose(float(actual), float(expected), rel_tol=rtol, abs_tol=atol):
-        raise CheckFailed(f"{name} is {_fmt(float(actual))}, expected {_expected(_fmt(float(expected)))}.", hint)
+        raise CheckFailed(f"{name} is wrong.", hint, received=_fmt(float(actual)), expected=_fmt(float(expected)))
 
 
 def assert_equal(actual: Any, expected: Any, name: str, hint: str | None = None) -> None:
     if actual != expected:
-        raise CheckFailed(f"{name} is {_fmt(actual)}, expected {_expected(_fmt(expected))}.", hint)
+        raise CheckFailed(f"{name} is wrong.", hint, received=_fmt(actual), expected=_fmt(expected))
 
 
 def assert_below(value: float, threshold: float, name: str, hint: str | None = None) -> None:

@@ -1,13 +1,20 @@
-"""Run a lab's checks on a namespace of learner objects and turn outcomes into results.
+"""Run a lab's checks on a namespace of learner objects, and the typed results they produce.
 
-Used in two places: the in-notebook `check()` (public checks, the learner's live
-namespace) and the headless grader (all checks, inside the freshly executed kernel).
+Used in two places: the in-notebook `check()` (public checks, the learner's live namespace) and
+the headless grader (all checks, inside the freshly executed kernel). Either way a check
+
+- sees its own copies of the learner's models and tensors, so it cannot move, mutate or retrain them;
+- runs with the learner's random generators saved and restored around it;
+- fails with a structured `CheckFailed` that the framework renders, hiding expected values in hidden checks.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import platform
+import random
+import re
 import signal
 import sys
 import threading
@@ -15,12 +22,36 @@ import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
-from grader.asserts import CheckFailed, hidden_mode
+from grader.asserts import HIDDEN, CheckFailed, hidden_mode
 from grader.registry import Check, Lab, Question
 
-STATUSES = ("passed", "failed", "error", "not_implemented", "skipped", "timeout")
+
+class Status(str, Enum):
+    """How a question ended. A `str` so results compare with and serialise as plain strings."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    NOT_IMPLEMENTED = "not_implemented"
+    SKIPPED = "skipped"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+def score(q: Question, status: Status | str) -> tuple[float, float]:
+    """(score, max_score) of a question ending in `status`: the one scoring rule, for kernel and runner alike."""
+    status = Status(status)
+    if status is Status.SKIPPED:
+        return 0.0, 0.0
+    return (q.points if status is Status.PASSED else 0.0), q.points
 
 
 @dataclass
@@ -28,9 +59,20 @@ class QuestionResult:
     id: str
     score: float
     max_score: float
-    status: str
+    status: Status
     feedback: str
     title: str = ""
+    hidden: bool = False  # the failure came from a hidden check: its details wait until grades are published
+    # The expected values a hidden check's failure carried, kept from the learner; only the suite's audit reads them.
+    redacted: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+    @classmethod
+    def of(cls, q: Question, status: Status | str, feedback: str, hidden: bool = False) -> QuestionResult:
+        got, out_of = score(q, status)
+        return cls(q.id, got, out_of, Status(status), feedback, q.title, hidden)
 
 
 @dataclass
@@ -44,7 +86,11 @@ class LabResult:
     execution: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for q in data["questions"]:
+            q["status"] = str(q["status"])
+            del q["redacted"]
+        return data
 
     @classmethod
     def from_questions(cls, lab: str, questions: list[QuestionResult], **kw: Any) -> LabResult:
@@ -59,7 +105,7 @@ class LabResult:
 
 @dataclass
 class Context:
-    """What a check may ask for besides learner objects."""
+    """What a check may ask for besides learner objects and lab fixtures."""
 
     device: Any
     has_cuda: bool
@@ -69,6 +115,31 @@ class Context:
         import torch
 
         return torch.Generator().manual_seed(seed)
+
+
+class Fixtures:
+    """Lab fixtures built once per grading run (a base model, a reference tokenizer) and shared by its checks."""
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str, ctx: Context) -> Any:
+        if name not in self._built:
+            fn = self.lab.fixtures[name]
+            wants_ctx = "ctx" in inspect.signature(fn).parameters
+            self._built[name] = fn(ctx) if wants_ctx else fn()
+        return self._built[name]
+
+
+_SESSION_FIXTURES: dict[str, Fixtures] = {}
+
+
+def session_fixtures(lab: Lab) -> Fixtures:
+    """In a notebook, fixtures live as long as the kernel: `check()` after `check()` reuses them."""
+    if lab.id not in _SESSION_FIXTURES or _SESSION_FIXTURES[lab.id].lab is not lab:
+        _SESSION_FIXTURES[lab.id] = Fixtures(lab)
+    return _SESSION_FIXTURES[lab.id]
 
 
 class CheckTimeout(Exception):
@@ -93,6 +164,36 @@ def _time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """The learner's Python, NumPy and torch generators are as they were after the checks, whatever they drew."""
+    import numpy as np
+    import torch
+
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _own_copy(value: Any) -> Any:
+    """A check gets its own copy of a learner's model or tensor: moving, training or editing it changes nothing."""
+    import torch
+
+    if isinstance(value, torch.nn.Module | torch.Tensor):
+        try:
+            return copy.deepcopy(value)
+        except Exception:  # an object that cannot be copied is passed as is, as before
+            return value
+    return value
 
 
 def environment() -> dict:
@@ -128,67 +229,107 @@ def _raised_not_implemented(exc: BaseException) -> bool:
     return False
 
 
-def _call(check: Check, namespace: Mapping[str, Any], ctx: Context) -> None:
-    params = inspect.signature(check.fn).parameters
-    kwargs = {name: (ctx if name == "ctx" else namespace[name]) for name in params}
-    check.fn(**kwargs)
+def redact(failure: CheckFailed, secrets: list[str]) -> str:
+    """A hidden check's failure as the learner sees it: expected values hidden, also where free text names them."""
+    text = failure.render(reveal=False)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w.]){re.escape(secret)}(?!\w|\.\d)", HIDDEN, text)
+    return text
+
+
+def _arguments(check: Check, namespace: Mapping[str, Any], ctx: Context, fixtures: Fixtures) -> dict[str, Any]:
+    kwargs = {}
+    for name in inspect.signature(check.fn).parameters:
+        if name == "ctx":
+            kwargs[name] = ctx
+        elif name in fixtures.lab.fixtures:
+            kwargs[name] = fixtures.get(name, ctx)
+        else:
+            kwargs[name] = _own_copy(namespace[name])
+    return kwargs
 
 
 def run_question(
-    lab: Lab, q: Question, namespace: Mapping[str, Any], include_hidden: bool, ctx: Context | None = None
+    q: Question,
+    namespace: Mapping[str, Any],
+    include_hidden: bool,
+    fixtures: Fixtures,
+    ctx: Context | None = None,
 ) -> QuestionResult:
     """Run one question's checks, stopping at the first that does not pass."""
     import torch
 
-    from labkit.device import has_cuda, seed_everything
+    from labkit.device import has_cuda
 
     cuda = has_cuda()
     ctx = ctx or Context(device=torch.device("cuda" if cuda else "cpu"), has_cuda=cuda, hidden=include_hidden)
-
-    def result(status: str, feedback: str, score: float = 0.0, max_score: float = q.points) -> QuestionResult:
-        return QuestionResult(q.id, score, max_score, status, feedback, q.title)
-
     if q.device == "cuda" and not cuda:
-        return result("skipped", "Needs a CUDA GPU; skipped on this machine and not counted in the total.", 0, 0)
+        return QuestionResult.of(q, Status.SKIPPED, "Needs a CUDA GPU; skipped on this machine, not counted.")
     missing = [n for n in q.uses if n not in namespace]
     if missing:
         names = ", ".join(f"`{n}`" for n in missing)
-        return result(
-            "not_implemented",
+        return QuestionResult.of(
+            q,
+            Status.NOT_IMPLEMENTED,
             f"Not implemented yet: {names} is not defined. Write it in the cell marked "
             "'YOUR CODE HERE' for this question and run that cell.",
         )
     checks = q.checks if include_hidden else q.public_checks
-    for check in checks:
+    with preserved_rng():
+        for check in checks:
+            outcome = _run_check(q, check, namespace, ctx, fixtures)
+            if outcome is not None:
+                return outcome
+    return QuestionResult.of(q, Status.PASSED, "All checks passed." if include_hidden or not q.hidden else "")
+
+
+def _run_check(q: Question, check: Check, namespace, ctx: Context, fixtures: Fixtures) -> QuestionResult | None:
+    """None when the check passes, else the question's result."""
+    from labkit.device import seed_everything
+
+    label = "hidden check" if check.hidden else "check"
+    secrets: list[str] = []
+    try:
         seed_everything(1234)
-        label = "hidden check" if check.hidden else "check"
-        try:
-            with _time_limit(check.timeout_s):
-                if check.hidden:
-                    with hidden_mode():
-                        _call(check, namespace, ctx)
-                else:
-                    _call(check, namespace, ctx)
-        except CheckTimeout:
-            return result("timeout", f"A {label} took longer than {check.timeout_s:g} s; is there an endless loop?")
-        except CheckFailed as exc:
-            return result("failed", f"{'[hidden check] ' if check.hidden else ''}{exc}")
-        except AssertionError as exc:
-            return result("failed", f"{'[hidden check] ' if check.hidden else ''}{exc or 'assertion failed'}")
-        except Exception as exc:
-            if _raised_not_implemented(exc):
-                names = ", ".join(f"`{n}`" for n in q.uses)
-                return result(
-                    "not_implemented",
-                    f"Not implemented yet: {names} still raises NotImplementedError. "
-                    "Replace the `raise NotImplementedError(...)` line with your code.",
-                )
-            return result("error", f"Your code raised {type(exc).__name__}: {exc}{_learner_location(exc)}")
-    return result("passed", "All checks passed." if include_hidden or not q.hidden else "", q.points)
+        with _time_limit(check.timeout_s), hidden_mode() if check.hidden else _no_secrets() as secrets:
+            check.fn(**_arguments(check, namespace, ctx, fixtures))
+    except CheckTimeout:
+        msg = f"A {label} took longer than {check.timeout_s:g} s; is there an endless loop?"
+        return QuestionResult.of(q, Status.TIMEOUT, msg, check.hidden)
+    except CheckFailed as exc:
+        if not check.hidden:
+            return QuestionResult.of(q, Status.FAILED, exc.render())
+        result = QuestionResult.of(q, Status.FAILED, f"[hidden check] {redact(exc, secrets)}", hidden=True)
+        result.redacted = tuple(secrets)
+        return result
+    except AssertionError as exc:
+        # A bare assert or a library's assertion carries free text the framework cannot redact: hidden ones say less.
+        text = "A hidden check failed." if check.hidden else str(exc) or "assertion failed"
+        return QuestionResult.of(q, Status.FAILED, f"[hidden check] {text}" if check.hidden else text, check.hidden)
+    except Exception as exc:
+        if _raised_not_implemented(exc):
+            names = ", ".join(f"`{n}`" for n in q.uses)
+            return QuestionResult.of(
+                q,
+                Status.NOT_IMPLEMENTED,
+                f"Not implemented yet: {names} still raises NotImplementedError. "
+                "Replace the `raise NotImplementedError(...)` line with your code.",
+            )
+        msg = f"Your code raised {type(exc).__name__}: {exc}{_learner_location(exc)}"
+        return QuestionResult.of(q, Status.ERROR, msg, check.hidden)
+    return None
 
 
-def grade_namespace(lab: Lab, namespace: Mapping[str, Any], include_hidden: bool = True) -> list[QuestionResult]:
-    return [run_question(lab, q, namespace, include_hidden) for q in lab.questions.values()]
+@contextmanager
+def _no_secrets() -> Iterator[list[str]]:
+    yield []
+
+
+def grade_lab(lab: Lab, namespace: Mapping[str, Any], include_hidden: bool = True) -> Iterator[QuestionResult]:
+    """Every question of a lab in order, sharing one set of fixtures (built once for the whole run)."""
+    fixtures = Fixtures(lab)
+    for q in lab.questions.values():
+        yield run_question(q, namespace, include_hidden, fixtures)
 
 
 def caller_namespace(depth: int = 2) -> dict:

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict
 
-from grader.grading import QuestionResult, grade_namespace, run_question  # noqa: F401
+from grader.grading import grade_lab
 from grader.registry import load_lab
 
 
@@ -24,25 +24,30 @@ def _write(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def grade_in_kernel(lab_id: str, out_path: str, nonce: str, include_hidden: bool = True) -> None:
+def grade_in_kernel(lab_id: str, out_path: str, nonce: str, include_hidden: bool = True, audit: bool = False) -> None:
+    """Grade the kernel's namespace; `audit` (the test suite's) also reports the values hidden checks redacted."""
     from IPython import get_ipython
 
     shell = get_ipython()
     namespace = shell.user_ns if shell is not None else {}
     lab = load_lab(lab_id)
+    ids = list(lab.questions)
     done: list[dict] = []
-    for q in lab.questions.values():
-        _write(out_path, {"nonce": nonce, "results": done, "current": q.id})
-        done.append(asdict(run_question(lab, q, namespace, include_hidden)))
-    _write(out_path, {"nonce": nonce, "results": done, "current": None})
+    _write(out_path, {"nonce": nonce, "results": done, "current": ids[0] if ids else None})
+    for i, result in enumerate(grade_lab(lab, namespace, include_hidden)):
+        row = {**asdict(result), "status": str(result.status)}
+        row["redacted"] = list(result.redacted) if audit else []
+        done.append(row)
+        # `current` names the question being checked next, so a kernel that dies there costs only that one.
+        _write(out_path, {"nonce": nonce, "results": done, "current": ids[i + 1] if i + 1 < len(ids) else None})
 
 
-def grading_cell_source(lab_id: str, out_path: str, nonce: str, include_hidden: bool) -> str:
+def grading_cell_source(lab_id: str, out_path: str, nonce: str, include_hidden: bool, audit: bool = False) -> str:
     """Drop any grader modules the notebook may have imported or replaced, then grade afresh."""
     return (
         "import sys as _sl_sys\n"
         "for _sl_m in [m for m in list(_sl_sys.modules) if m == 'grader' or m.startswith('grader.')]:\n"
         "    del _sl_sys.modules[_sl_m]\n"
         "from grader.kernel import grade_in_kernel as _sl_grade\n"
-        f"_sl_grade({lab_id!r}, {out_path!r}, {nonce!r}, include_hidden={include_hidden!r})\n"
+        f"_sl_grade({lab_id!r}, {out_path!r}, {nonce!r}, include_hidden={include_hidden!r}, audit={audit!r})\n"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import secrets
 import shutil
@@ -17,7 +18,9 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import nbformat
@@ -28,7 +31,7 @@ from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from grader.grading import STATUSES, LabResult, QuestionResult, environment
+from grader.grading import LabResult, QuestionResult, Status, environment
 from grader.kernel import grading_cell_source
 from grader.registry import UnknownLab, lab_ids, load_lab
 from grader.sandbox import Sandbox
@@ -42,11 +45,46 @@ class UnusableInput(Exception):
 
 @dataclass
 class Limits:
+    """The one set of defaults for `grader grade`, `grader batch` and the test suite's own runs."""
+
     cell_timeout_s: float = 300.0
     total_timeout_s: float = 1800.0
     memory_mb: int = 8192
     output_chars: int = 2_000_000
     grading_timeout_s: float = 600.0
+
+
+class DeathKind(str, Enum):
+    MEMORY = "memory"  # the watchdog killed it past the memory cap
+    UNRESPONSIVE = "unresponsive"  # a cell timed out and the kernel did not come back after the interrupt
+    CRASH = "crash"  # it exited or crashed on its own
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Death:
+    """Why and where the kernel stopped: typed, so a gradebook never has to read it back from prose."""
+
+    kind: DeathKind
+    cell: int | None  # the learner's cell it happened in; None while grading
+    memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = DeathKind(self.kind)
+
+    @property
+    def message(self) -> str:
+        where = f"while running cell {self.cell}" if self.cell is not None else "while grading"
+        if self.kind is DeathKind.MEMORY:
+            return f"memory limit exceeded ({self.memory_mb:.0f} MB used) {where}"
+        if self.kind is DeathKind.UNRESPONSIVE:
+            return f"the kernel stopped responding after cell {self.cell} timed out"
+        return f"the kernel died (crashed or exited) {where}"
+
+    def to_dict(self) -> dict:
+        return {"kind": str(self.kind), "cell": self.cell, "memory_mb": self.memory_mb, "message": self.message}
 
 
 @dataclass
@@ -55,7 +93,7 @@ class Execution:
     cells_run: int = 0
     errors: list[dict] = field(default_factory=list)
     timed_out_cells: list[int] = field(default_factory=list)
-    kernel_died: str | None = None
+    kernel_died: Death | None = None
     budget_exhausted: bool = False
     output_truncated: bool = False
     duration_s: float = 0.0
@@ -63,7 +101,18 @@ class Execution:
     timed_out_sources: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "timed_out_sources"}
+        data = {k: v for k, v in self.__dict__.items() if k != "timed_out_sources"}
+        data["kernel_died"] = self.kernel_died.to_dict() if self.kernel_died else None
+        return data
+
+
+@dataclass
+class GradingOutcome:
+    """What happened to the grading cell itself, beside the results it wrote."""
+
+    timed_out: bool = False
+    death: Death | None = None
+    error: dict | None = None  # the grading cell raised (e.g. the notebook broke the grader's imports)
 
 
 def read_notebook(path: str | Path) -> nbformat.NotebookNode:
@@ -187,6 +236,13 @@ def _cell_error(cell) -> dict | None:
     return None
 
 
+def validate(path: str | Path, lab: str | None = None) -> tuple[nbformat.NotebookNode, str]:
+    """Step 1: a readable notebook of a known lab, or UnusableInput."""
+    path = Path(path)
+    nb = read_notebook(path)
+    return nb, detect_lab(nb, path, lab)
+
+
 def grade_notebook(
     path: str | Path,
     lab: str | None = None,
@@ -198,73 +254,243 @@ def grade_notebook(
 ) -> LabResult:
     """Execute the notebook at `path` and run its lab's checks; never raises for learner faults.
 
-    `sandbox` confines the kernel (see grader.sandbox); None runs it as a plain child process.
+    validate -> execute -> guard -> grade -> collect. `sandbox` confines the kernel (see grader.sandbox);
+    None runs it as a plain child process.
     """
-    path = Path(path)
-    limits = limits or Limits()
-    nb = read_notebook(path)
-    lab_id = detect_lab(nb, path, lab)
-    lab_obj = load_lab(lab_id)
-    start = time.monotonic()
-    own_workdir = workdir is None
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="sl-grade-"))
-    private = Path(tempfile.mkdtemp(prefix="sl-results-"))
-    spec_dir = _kernel_spec_dir(sandbox, (workdir, private))
-    out_path = str(private / f"{secrets.token_hex(8)}.json")
-    nonce = secrets.token_hex(16)
-    kernel_env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline", **(env or {})}
-    kernel_env.setdefault("PYTHONHASHSEED", "0")
-    # Idle OpenMP threads sleep instead of spinning; spinning made training steps 20x slower on 2 shared cores.
-    kernel_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    execution = Execution(cells=sum(1 for c in nb.cells if c.cell_type == "code"))
-    grading_status: dict = {}
-    try:
-        km = AsyncKernelManager(
-            kernel_name=KERNEL_NAME,
-            kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir]),
-            **(sandbox.manager_options(private) if sandbox is not None else {}),
-        )
-        client = _LimitedClient(
-            nb,
-            km=km,
-            timeout=limits.cell_timeout_s,
-            allow_errors=True,
-            interrupt_on_timeout=True,
-            error_on_timeout={"ename": "CellTimeoutError", "evalue": "cell timed out", "traceback": []},
-            resources={"metadata": {"path": str(workdir)}},
-            output_chars=limits.output_chars,
-        )
-        kernel_log = open(private / "kernel.log", "wb")  # noqa: SIM115 - closed with the kernel below
-        with client.setup_kernel(env=kernel_env, cwd=str(workdir), stdout=kernel_log, stderr=kernel_log):
-            pid = km.provisioner.process.pid if getattr(km.provisioner, "process", None) else km.provisioner.pid
-            watchdog = _MemoryWatchdog(pid, limits.memory_mb)
-            watchdog.start()
-            try:
-                _execute_cells(client, nb, limits, start, execution, watchdog)
-                if execution.kernel_died is None:
-                    grading_status = _run_grading(client, lab_id, out_path, nonce, include_hidden, limits, watchdog)
-            finally:
-                watchdog.stop()
-                _shutdown(km)
-    finally:
+    nb, lab_id = validate(path, lab)
+    with KernelSession(nb, lab_id, limits, workdir=workdir, env=env, sandbox=sandbox) as session:
+        execution = session.execute()
+        questions = session.grade(execution, include_hidden)
+    return session.result(execution, questions)
+
+
+class KernelSession:
+    """One fresh kernel for a notebook, within limits: execute cells, grade, and (for tests) again.
+
+    The test suite keeps a solution's session open and re-runs only the cells a bug variant changes;
+    `grade_notebook` uses it once.
+    """
+
+    def __init__(
+        self,
+        nb: nbformat.NotebookNode,
+        lab_id: str,
+        limits: Limits | None = None,
+        workdir: str | Path | None = None,
+        env: dict | None = None,
+        sandbox: Sandbox | None = None,
+        audit: bool = False,
+    ):
+        self.nb, self.lab_id, self.limits, self.audit = nb, lab_id, limits or Limits(), audit
+        self.lab = load_lab(lab_id)
+        self._workdir, self._env, self._sandbox = workdir, env, sandbox
+        self.started = time.monotonic()
+        self._stack = ExitStack()
+        self.dead: Death | None = None
+
+    # --- lifetime ---------------------------------------------------------------------------------------------
+
+    def __enter__(self) -> KernelSession:
+        stack = self._stack
+        self.workdir = Path(self._workdir or tempfile.mkdtemp(prefix="sl-grade-"))
+        if self._workdir is None:
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        self.private = Path(tempfile.mkdtemp(prefix="sl-results-"))
+        stack.callback(shutil.rmtree, self.private, ignore_errors=True)
+        spec_dir = _kernel_spec_dir(self._sandbox, (self.workdir, self.private))
+        stack.callback(shutil.rmtree, spec_dir, ignore_errors=True)
+        kernel_env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline", **(self._env or {})}
+        kernel_env.setdefault("PYTHONHASHSEED", "0")
+        # Idle OpenMP threads sleep instead of spinning; spinning made training steps 20x slower on 2 shared cores.
+        kernel_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            self.km = AsyncKernelManager(
+                kernel_name=KERNEL_NAME,
+                kernel_spec_manager=KernelSpecManager(kernel_dirs=[spec_dir]),
+                **(self._sandbox.manager_options(self.private) if self._sandbox is not None else {}),
+            )
+            self.client = _LimitedClient(
+                self.nb,
+                km=self.km,
+                timeout=self.limits.cell_timeout_s,
+                allow_errors=True,
+                interrupt_on_timeout=True,
+                error_on_timeout={"ename": "CellTimeoutError", "evalue": "cell timed out", "traceback": []},
+                resources={"metadata": {"path": str(self.workdir)}},
+                output_chars=self.limits.output_chars,
+            )
+            self.kernel_log = stack.enter_context(open(self.private / "kernel.log", "wb"))  # noqa: SIM115
+            stack.enter_context(
+                self.client.setup_kernel(
+                    env=kernel_env, cwd=str(self.workdir), stdout=self.kernel_log, stderr=self.kernel_log
+                )
+            )
+            stack.callback(_shutdown, self.km)
+            prov = self.km.provisioner
+            pid = prov.process.pid if getattr(prov, "process", None) else prov.pid
+            self.watchdog = _MemoryWatchdog(pid, self.limits.memory_mb)
+            self.watchdog.start()
+            stack.callback(self.watchdog.stop)
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    # --- step 2: execute ----------------------------------------------------------------------------------------
+
+    def execute(self, indices: list[int] | None = None, sources: dict[int, str] | None = None) -> Execution:
+        """Run the notebook's code cells (or only `indices`, in order), each within the limits.
+
+        `sources` replaces the text of some cells first: that is how a test runs a variant's mutated cell.
+        """
+        code = [i for i, c in enumerate(self.nb.cells) if c.cell_type == "code"]
+        execution = Execution(cells=len(code))
+        start = time.monotonic() if indices is not None else self.started
+        for index, source in (sources or {}).items():
+            self.nb.cells[index].source = source
+        for index in code if indices is None else indices:
+            if self.dead is not None:
+                break
+            if not self._execute_cell(index, start, execution):
+                break
         execution.duration_s = round(time.monotonic() - start, 2)
-        execution.output_truncated = getattr(locals().get("client"), "truncated", False)
-        if "kernel_log" in locals():
-            kernel_log.close()
-            if execution.kernel_died:
-                execution.kernel_log_tail = _tail(private / "kernel.log")
-        results = _collect(lab_obj, out_path, nonce, execution, grading_status)
-        shutil.rmtree(private, ignore_errors=True)
-        shutil.rmtree(spec_dir, ignore_errors=True)
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return LabResult.from_questions(
-        lab_id,
-        results,
-        duration_s=execution.duration_s,
-        environment=environment(),
-        execution=execution.to_dict(),
-    )
+        execution.output_truncated = self.client.truncated
+        execution.kernel_died = self.dead
+        return execution
+
+    def _execute_cell(self, index: int, start: float, execution: Execution) -> bool:
+        """False when nothing more can run: the budget is spent or the kernel is gone."""
+        cell = self.nb.cells[index]
+        remaining = self.limits.total_timeout_s - (time.monotonic() - start)
+        if remaining <= 1:
+            execution.budget_exhausted = True
+            return False
+        client = self.client
+        # A cell may ask for a shorter limit than the notebook's (never a longer one): a demo that must stay quick.
+        own = cell.get("metadata", {}).get("specialist_labs", {}).get("timeout_s", math.inf)
+        own = own if isinstance(own, int | float) and own > 0 else math.inf
+        client.timeout = int(max(1, min(self.limits.cell_timeout_s, remaining, own)))
+        client.current_index = index
+        try:
+            client.execute_cell(cell, index)
+        except DeadKernelError:
+            self.dead = self._death(DeathKind.CRASH, index)
+            return False
+        execution.cells_run += 1
+        err = _cell_error(cell)
+        if err:
+            execution.errors.append({"cell": index, **err})
+        if client.timed_out and client.timed_out[-1] == index:
+            execution.timed_out_cells.append(index)
+            execution.timed_out_sources.append(cell.source)
+            if not _responsive(client):
+                self.dead = Death(DeathKind.UNRESPONSIVE, index)
+                return False
+        return True
+
+    def _death(self, kind: DeathKind, cell: int | None) -> Death:
+        if self.watchdog.tripped_mb is not None:
+            return Death(DeathKind.MEMORY, cell, round(self.watchdog.tripped_mb, 1))
+        return Death(kind, cell)
+
+    def run_private(self, source: str, timeout_s: float = 30) -> dict | None:
+        """Run a cell of the grader's own (not the learner's); returns its error, if it raised."""
+        cell = nbformat.v4.new_code_cell(source)
+        self.client.timeout = int(timeout_s)
+        _execute_extra(self.client, cell)
+        return _cell_error(cell)
+
+    # --- steps 3-5: guard, grade, collect -----------------------------------------------------------------------
+
+    def grade(self, execution: Execution, include_hidden: bool = True) -> list[QuestionResult]:
+        """Steps 3-5: guard, grade, collect. A dead kernel skips straight to collect."""
+        self.out_path, self.nonce = "", ""  # a session grades more than once: never read an earlier result
+        if self.dead is not None:
+            execution.kernel_died = self.dead
+            execution.kernel_log_tail = _tail(self.private / "kernel.log")
+            return self._collect(execution, GradingOutcome())
+        try:
+            outcome = GradingOutcome(timed_out=True) if not self._guard() else self._grade(include_hidden)
+        except DeadKernelError:
+            outcome = GradingOutcome(death=self._death(DeathKind.CRASH, None))
+        return self._collect(execution, outcome)
+
+    def _guard(self) -> bool:
+        """Disarm the learner's hooks on cell execution; False when even that timed out."""
+        n = len(self.client.timed_out)
+        self.client.timeout = 30
+        _execute_extra(self.client, nbformat.v4.new_code_cell(_DISARM_SOURCE))
+        return len(self.client.timed_out) == n
+
+    def _grade(self, include_hidden: bool) -> GradingOutcome:
+        """Reset the import system, import the grader afresh and run every check in the kernel."""
+        self.out_path = str(self.private / f"{secrets.token_hex(8)}.json")
+        self.nonce = secrets.token_hex(16)
+        grading = grading_cell_source(self.lab_id, self.out_path, self.nonce, include_hidden, self.audit)
+        cell = nbformat.v4.new_code_cell(_import_guard_source() + grading)
+        n = len(self.client.timed_out)
+        self.client.timeout = int(self.limits.grading_timeout_s)
+        _execute_extra(self.client, cell)
+        if len(self.client.timed_out) > n:
+            return GradingOutcome(timed_out=True)
+        return GradingOutcome(error=_cell_error(cell))
+
+    def _collect(self, execution: Execution, grading: GradingOutcome) -> list[QuestionResult]:
+        """Merge what the kernel reported with what happened around it, one result per question."""
+        payload: dict = {}
+        try:
+            with open(self.out_path) as f:
+                payload = json.load(f)
+            if payload.get("nonce") != self.nonce:
+                payload = {}
+        except (OSError, json.JSONDecodeError):
+            payload = {}
+        reported = _trusted_results(self.lab, payload)
+        failure = grading.error and f"the grading cell raised {grading.error['ename']}: {grading.error['evalue']}"
+        if reported is None:
+            reported, failure = {}, "its result failed the grader's integrity checks"
+        current = payload.get("current")
+        results = []
+        for q in self.lab.questions.values():
+            r = reported.get(q.id)
+            if r is None:
+                if execution.kernel_died:
+                    r = QuestionResult.of(q, Status.ERROR, f"Not graded: {execution.kernel_died.message}.")
+                elif grading.timed_out:
+                    r = QuestionResult.of(q, Status.TIMEOUT, "Not graded: grading ran out of time.")
+                elif q.id == current and grading.death:
+                    msg = f"Not graded: {grading.death.message} (while checking this question)."
+                    r = QuestionResult.of(q, Status.ERROR, msg)
+                else:
+                    why = (grading.death and grading.death.message) or failure or "the grader got no result"
+                    r = QuestionResult.of(q, Status.ERROR, f"Not graded: {why}.")
+            elif r.status in (Status.NOT_IMPLEMENTED, Status.ERROR) and (
+                execution.budget_exhausted or execution.timed_out_cells
+            ):
+                cells = ", ".join(str(i) for i in execution.timed_out_cells)
+                if execution.budget_exhausted:
+                    msg = "The notebook ran out of time before this question's code ran."
+                    r = QuestionResult.of(q, Status.TIMEOUT, msg)
+                elif any(name in src for name in q.uses for src in execution.timed_out_sources):
+                    msg = f"Cell(s) {cells} timed out, so this question's objects were not ready.\n{r.feedback}"
+                    r = QuestionResult.of(q, Status.TIMEOUT, msg)
+            results.append(r)
+        if grading.death and not execution.kernel_died:
+            self.dead = grading.death
+        return results
+
+    def result(self, execution: Execution, questions: list[QuestionResult]) -> LabResult:
+        execution.duration_s = round(time.monotonic() - self.started, 2)
+        return LabResult.from_questions(
+            self.lab_id,
+            questions,
+            duration_s=execution.duration_s,
+            environment=environment(),
+            execution=execution.to_dict(),
+        )
 
 
 def _shutdown(km) -> None:
@@ -279,40 +505,6 @@ def _shutdown(km) -> None:
                 psutil.Process(pid).kill()
             except psutil.Error:
                 pass
-
-
-def _died(execution: Execution, watchdog: _MemoryWatchdog, where: str) -> None:
-    if watchdog.tripped_mb is not None:
-        execution.kernel_died = f"memory limit exceeded ({watchdog.tripped_mb:.0f} MB used) {where}"
-    else:
-        execution.kernel_died = f"the kernel died (crashed or exited) {where}"
-
-
-def _execute_cells(client, nb, limits: Limits, start: float, execution: Execution, watchdog) -> None:
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        remaining = limits.total_timeout_s - (time.monotonic() - start)
-        if remaining <= 1:
-            execution.budget_exhausted = True
-            return
-        client.timeout = int(max(1, min(limits.cell_timeout_s, remaining)))
-        client.current_index = index
-        try:
-            client.execute_cell(cell, index)
-        except DeadKernelError:
-            _died(execution, watchdog, f"while running cell {index}")
-            return
-        execution.cells_run += 1
-        err = _cell_error(cell)
-        if err:
-            execution.errors.append({"cell": index, **err})
-        if client.timed_out and client.timed_out[-1] == index:
-            execution.timed_out_cells.append(index)
-            execution.timed_out_sources.append(cell.source)
-            if not _responsive(client):
-                execution.kernel_died = f"the kernel stopped responding after cell {index} timed out"
-                return
 
 
 def _execute_extra(client, cell) -> None:
@@ -336,66 +528,6 @@ def _responsive(client) -> bool:
     except DeadKernelError:
         return False
     return len(client.timed_out) == n
-
-
-def _run_grading(client, lab_id, out_path, nonce, include_hidden, limits: Limits, watchdog) -> dict:
-    source = _import_guard_source() + grading_cell_source(lab_id, out_path, nonce, include_hidden)
-    cell = nbformat.v4.new_code_cell(source)
-    n = len(client.timed_out)
-    try:
-        client.timeout = 30
-        _execute_extra(client, nbformat.v4.new_code_cell(_DISARM_SOURCE))
-        if len(client.timed_out) > n:
-            return {"timeout": True}
-        client.timeout = int(limits.grading_timeout_s)
-        _execute_extra(client, cell)
-    except DeadKernelError:
-        if watchdog.tripped_mb is not None:
-            return {"died": f"memory limit exceeded ({watchdog.tripped_mb:.0f} MB used) while grading"}
-        return {"died": "the kernel died while grading"}
-    if len(client.timed_out) > n:
-        return {"timeout": True}
-    err = _cell_error(cell)
-    return {"error": err} if err else {}
-
-
-def _collect(lab_obj, out_path: str, nonce: str, execution: Execution, grading: dict) -> list[QuestionResult]:
-    """Merge what the kernel reported with what happened around it, one result per question."""
-    payload: dict = {}
-    try:
-        with open(out_path) as f:
-            payload = json.load(f)
-        if payload.get("nonce") != nonce:
-            payload = {}
-    except (OSError, json.JSONDecodeError):
-        payload = {}
-    reported = _trusted_results(lab_obj, payload)
-    if reported is None:
-        reported, grading = {}, {**grading, "error": "its result failed the grader's integrity checks"}
-    current = payload.get("current")
-    results = []
-    for q in lab_obj.questions.values():
-        r = reported.get(q.id)
-        if r is None:
-            if execution.kernel_died:
-                r = QuestionResult(q.id, 0, q.points, "error", f"Not graded: {execution.kernel_died}.", q.title)
-            elif grading.get("timeout"):
-                r = QuestionResult(q.id, 0, q.points, "timeout", "Not graded: grading ran out of time.", q.title)
-            elif q.id == current and grading.get("died"):
-                msg = f"Not graded: {grading['died']} (while checking this question)."
-                r = QuestionResult(q.id, 0, q.points, "error", msg, q.title)
-            else:
-                why = grading.get("died") or grading.get("error") or "the grader got no result"
-                r = QuestionResult(q.id, 0, q.points, "error", f"Not graded: {why}.", q.title)
-        elif r.status in ("not_implemented", "error") and (execution.budget_exhausted or execution.timed_out_cells):
-            cells = ", ".join(str(i) for i in execution.timed_out_cells)
-            if execution.budget_exhausted:
-                r.status, r.feedback = "timeout", "The notebook ran out of time before this question's code ran."
-            elif any(name in src for name in q.uses for src in execution.timed_out_sources):
-                r.status = "timeout"
-                r.feedback = f"Cell(s) {cells} timed out, so this question's objects were not ready.\n{r.feedback}"
-        results.append(r)
-    return results
 
 
 # --- Tamper resistance -------------------------------------------------------------------------------------------
@@ -437,7 +569,7 @@ def _import_guard_source() -> str:
 
 
 def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None:
-    """Take only each question's status and feedback from the kernel; points follow from the registry.
+    """Take only each question's status, feedback and hidden flag from the kernel; points follow from the registry.
 
     None when the payload cannot be ours: unknown or repeated questions, a status the grader never
     writes, or a skip of a question that runs anywhere.
@@ -450,9 +582,13 @@ def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None
         return None
     trusted = {}
     for row in rows:
-        q, status = lab_obj.questions[row["id"]], row.get("status")
-        if status not in STATUSES or (status == "skipped" and q.device != "cuda"):
+        q = lab_obj.questions[row["id"]]
+        try:
+            status = Status(row.get("status"))
+        except ValueError:
             return None
-        score, max_score = (q.points if status == "passed" else 0), (0 if status == "skipped" else q.points)
-        trusted[q.id] = QuestionResult(q.id, score, max_score, status, str(row.get("feedback", "")), q.title)
+        if status is Status.SKIPPED and q.device != "cuda":
+            return None
+        trusted[q.id] = QuestionResult.of(q, status, str(row.get("feedback", "")), bool(row.get("hidden", False)))
+        trusted[q.id].redacted = tuple(str(v) for v in row.get("redacted") or ())
     return trusted

@@ -17,24 +17,27 @@ from grader.asserts import (
     assert_shape,
     hidden_mode,
 )
+from grader.asserts import check as check_that
 from grader.cli import main as cli_main
 from grader.feedback import render_html, render_text
-from grader.grading import run_question
+from grader.grading import Fixtures, redact, run_question
 from grader.registry import Lab, find_question, lab_ids, load_lab
 
 # --- assertions ------------------------------------------------------------------------------------------------
 
 
 def test_assert_close_reports_shape_dtype_and_first_mismatch():
-    with pytest.raises(CheckFailed, match=r"shape \(2, 3\), expected \(3, 2\)"):
+    with pytest.raises(CheckFailed) as info:
         assert_close(torch.zeros(2, 3), torch.zeros(3, 2), "x")
-    with pytest.raises(CheckFailed, match="dtype torch.float64, expected torch.float32"):
+    assert (info.value.what, info.value.received, info.value.expected) == ("x has the wrong shape.", "(2, 3)", "(3, 2)")
+    with pytest.raises(CheckFailed, match="received: torch.float64\n  expected: torch.float32"):
         assert_close(torch.zeros(2, dtype=torch.float64), torch.zeros(2), "x")
     a, e = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.5, 4.0]])
     with pytest.raises(CheckFailed) as info:
         assert_close(a, e, "y", hint="look here")
     msg = str(info.value)
-    assert "1 of 4 values differ" in msg and "index (1, 0)" in msg and "received 3" in msg and "expected 3.5" in msg
+    assert "1 of 4 values differ" in msg and "index (1, 0)" in msg
+    assert "received: 3 at (1, 0)" in msg and "expected: 3.5 at (1, 0)" in msg
     assert "Hint: look here" in msg
     assert_close(a, a + 1e-7, "y")  # within tolerance: no error
 
@@ -47,17 +50,27 @@ def test_assert_close_flags_nan_and_compares_numbers():
         assert_close("2.0", 2.0, "a string")
 
 
-def test_hidden_mode_redacts_expected_values():
-    with hidden_mode(), pytest.raises(CheckFailed) as info:
-        assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.123456]), "secret")
-    msg = str(info.value)
-    assert "2.12346" not in msg and "(hidden)" in msg and "received 2" in msg
-    with hidden_mode(), pytest.raises(CheckFailed) as info:
-        assert_number_close(1.0, 42.0, "answer")
-    assert "42" not in str(info.value)
-    with hidden_mode(), pytest.raises(CheckFailed) as info:
-        assert_shape(torch.zeros(2), (7, 7), "t")
-    assert "(7, 7)" not in str(info.value)
+def test_hidden_rendering_redacts_expected_values_and_free_text_that_repeats_them():
+    cases = [
+        (lambda: assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.123456]), "secret"), "2.12346"),
+        (lambda: assert_number_close(1.0, 42.0, "answer"), "42"),
+        (lambda: assert_shape(torch.zeros(2), (7, 7), "t"), "(7, 7)"),
+        # an author who writes the expected value into the message too: the framework still scrubs it
+        (lambda: check_that(False, "you returned 'abc', expected 'xyz'.", expected="'xyz'"), "'xyz'"),
+    ]
+    for fail, secret in cases:
+        with hidden_mode() as secrets, pytest.raises(CheckFailed) as info:
+            fail()
+        assert secret in str(info.value)  # the author and the tests see it ...
+        shown = redact(info.value, secrets)
+        assert secret not in shown and "(hidden)" in shown  # ... the learner never does
+    assert "received: 2 at (1,)" in redact(_raises(cases[0][0]), [])
+
+
+def _raises(fn) -> CheckFailed:
+    with pytest.raises(CheckFailed) as info:
+        fn()
+    return info.value
 
 
 def test_metric_thresholds():
@@ -74,7 +87,7 @@ def test_assert_artifact(tmp_path):
     assert set(state) == {"w"}
     with pytest.raises(CheckFailed, match="missing tensor 'b'"):
         assert_artifact(path, "checkpoint", keys={"b": (1,)})
-    with pytest.raises(CheckFailed, match=r"shape \(4, 64\), expected \(64, 4\)"):
+    with pytest.raises(CheckFailed, match=r"received: \(4, 64\)\n  expected: \(64, 4\)"):
         assert_artifact(path, "checkpoint", keys={"w": (64, 4)})
     with pytest.raises(CheckFailed, match="at most 0.0001 MiB"):
         assert_artifact(path, "checkpoint", max_mb=0.0001)
@@ -112,7 +125,7 @@ def _toy_lab() -> Lab:
 
 
 def _status(lab, qid, ns, hidden=True):
-    return run_question(lab, lab.questions[qid], ns, include_hidden=hidden)
+    return run_question(lab.questions[qid], ns, hidden, Fixtures(lab))
 
 
 def test_statuses_cover_every_outcome():
@@ -126,7 +139,7 @@ def test_statuses_cover_every_outcome():
     r = _status(lab, "double", {"double": stub})
     assert r.status == "not_implemented" and r.score == 0 and "NotImplementedError" in r.feedback
     r = _status(lab, "double", {"double": lambda x: x})
-    assert r.status == "failed" and r.score == 0 and "expected 2" in r.feedback
+    assert r.status == "failed" and r.score == 0 and "expected: 2 at (0,)" in r.feedback and not r.hidden
     r = _status(lab, "double", {"double": lambda x: x.undefined()})
     assert r.status == "error" and "AttributeError" in r.feedback
     # only the hidden check fails: public-only passes, full grading does not, and the message is redacted
@@ -241,3 +254,100 @@ def test_cli_release_check_detects_stale(tmp_path, capsys):
     assert cli_main(["release", "--solutions", str(sol), "--labs", str(labs)]) == 0
     assert cli_main(["release", "--check", "--solutions", str(sol), "--labs", str(labs)]) == 0
     assert cli_main(["release", "--solutions", str(tmp_path / "none")]) == 2
+
+
+# --- the check contract the framework enforces ------------------------------------------------------------------
+
+
+def test_checks_leave_the_learners_objects_and_random_state_untouched():
+    import random
+
+    import numpy as np
+
+    lab = Lab("97", "meddling checks")
+    q = lab.question("meddle", points=1, uses=("model", "weights"), title="a check that touches everything")
+
+    @q.check
+    def _(model, weights):
+        model.double().train(False)
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        weights.mul_(0)
+        random.random(), np.random.rand(), torch.rand(3)  # draws from every global generator
+
+    model, weights = torch.nn.Linear(3, 2).train(), torch.ones(4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected_draws = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    r = run_question(q, {"model": model, "weights": weights}, True, Fixtures(lab))
+    assert r.status == "passed", r.feedback
+    assert model.training and model.weight.dtype == torch.float32 and torch.equal(weights, torch.ones(4))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    draws = (random.random(), np.random.rand(), torch.rand(2))
+    assert draws[0] == expected_draws[0] and draws[1] == expected_draws[1] and torch.equal(draws[2], expected_draws[2])
+
+
+def test_a_check_may_only_ask_for_what_its_question_uses():
+    lab = Lab("96", "declarations")
+    q = lab.question("q", points=1, uses=("f",), title="q")
+    with pytest.raises(TypeError, match="`g`"):
+        q.check(lambda f, g: None)
+    q.check(lambda f, ctx: None)  # ctx is always allowed
+    q2 = lab.question("q2", points=1, uses=("f", "unused"), title="q2")
+    q2.check(lambda f: None)
+    with pytest.raises(TypeError, match="unused"):
+        lab.validate()
+
+
+def test_fixtures_are_built_once_per_grading_run():
+    from grader.grading import grade_lab
+
+    lab = Lab("95", "fixtures")
+    built = []
+
+    @lab.fixture
+    def reference(ctx):
+        built.append(ctx.device)
+        return torch.arange(3.0)
+
+    for name in ("a", "b"):
+        lab.question(name, points=1, uses=("f",), title=name).check(
+            lambda f, reference: assert_close(f(reference), reference * 2, "f(x)")
+        )
+    results = list(grade_lab(lab, {"f": lambda x: 2 * x}))
+    assert [r.status for r in results] == ["passed", "passed"] and len(built) == 1
+    with pytest.raises(TypeError, match="only take `ctx`"):
+        lab.fixture(lambda model: None)
+
+
+def test_check_imports_only_the_lab_that_holds_the_question():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom grader import check\n"
+        "def tensor_nbytes(t):\n    return t.numel() * t.element_size()\n"
+        "check('tensor_nbytes')\n"
+        "labs = sorted(m for m in sys.modules if m.startswith('grader.labs.lab'))\n"
+        "print('LOADED', labs, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True).stdout
+    assert "LOADED ['grader.labs.lab00'] False" in out, out
+
+
+def test_the_authoring_template_is_a_valid_lab_that_tells_right_from_wrong():
+    """docs/authoring.md starts every new lab from this file: it must keep working."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "templates" / "lab" / "labNN.py"
+    spec = importlib.util.spec_from_file_location("lab_template", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lab = module.LAB
+    lab.validate()
+    (q,) = lab.questions.values()
+    assert run_question(q, {"scaled_sum": lambda x, s: s * x.sum(dim=-1)}, True, Fixtures(lab)).status == "passed"
+    wrong = run_question(q, {"scaled_sum": lambda x, s: s * x.sum()}, True, Fixtures(lab))
+    assert wrong.status == "failed" and "Hint" in wrong.feedback

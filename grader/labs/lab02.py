@@ -98,11 +98,6 @@ def _show(lib: Tokenizer, ids: list[int]) -> str:
     return repr([lib.id_to_token(i) if isinstance(i, int) and lib.id_to_token(i) is not None else i for i in ids])
 
 
-def _exp(text: str) -> str:
-    """Expected values appear in public checks only."""
-    return text if reveals() else "(hidden)"
-
-
 def _first_difference(a: str, b: str) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
@@ -147,8 +142,9 @@ def _merge_cases(merge_pair):
     for ids, pair, expected, why in cases:
         given = list(ids)
         got = merge_pair(given, pair, 9)
-        check(list(got) == expected, f"merge_pair({ids}, {pair}, 9) returned {got}, expected {expected} ({why}).",
-              hint="scan left to right; after a merge skip both ids (i += 2), otherwise copy one id (i += 1)")
+        check(list(got) == expected, f"merge_pair({ids}, {pair}, 9) is wrong ({why}).", received=got,
+              expected=expected, hint="scan left to right; after a merge skip both ids (i += 2), otherwise copy one "
+              "id (i += 1)")
         check(given == ids, f"merge_pair changed its input list {ids} into {given}.",
               hint="build and return a new list")
 
@@ -180,10 +176,10 @@ def _compare_merges(got, expected: list[tuple[int, int]], what: str) -> None:
     for k, (g, e) in enumerate(zip(got, expected, strict=False)):
         if g != e:
             shown = f" = {_strings(got[:k + 1])[-1]}" if _valid(got[:k + 1]) else ""
-            raise CheckFailed(f"{what}: the first {k} merges are right, but merge #{k} is {g}{shown}; "
-                              f"expected {_exp(f'{e} = {_strings(expected[:k + 1])[-1]}')}.", _TRAIN_HINT)
-    check(len(got) == len(expected), f"{what} returned {len(got)} merges, expected {_exp(str(len(expected)))}.",
-          hint="stop early only when no pair is left (every chunk is a single token)")
+            raise CheckFailed(f"{what}: the first {k} merges are right, but merge #{k} is not.", _TRAIN_HINT,
+                              received=f"{g}{shown}", expected=f"{e} = {_strings(expected[:k + 1])[-1]}")
+    check(len(got) == len(expected), f"{what} returned the wrong number of merges.", received=len(got),
+          expected=len(expected), hint="stop early only when no pair is left (every chunk is a single token)")
 
 
 def _valid(merges: list[tuple[int, int]]) -> bool:
@@ -217,9 +213,9 @@ def _check_chunks(BPETokenizer, text: str, vocab_size: int, chunks: list[str]) -
         got = _as_ids(_call(tok.encode_chunk, chunk, what=f"encode_chunk({chunk!r})"), f"encode_chunk({chunk!r})")
         expected = lib.encode(chunk).ids
         if got != expected:
-            raise CheckFailed(f"encode_chunk({chunk!r}) gave {_show(lib, got)}, expected {_exp(_show(lib, expected))} "
-                              "(the tokenizers library, same merges).",
-                              hint="merge the adjacent pair with the LOWEST rank (learned first) until none is a merge")
+            raise CheckFailed(f"encode_chunk({chunk!r}) differs from the tokenizers library with the same merges.",
+                              hint="merge the adjacent pair with the LOWEST rank (learned first) until none is a merge",
+                              received=_show(lib, got), expected=_show(lib, expected))
 
 
 @q.check
@@ -257,8 +253,8 @@ def _roundtrip(tok, lib: Tokenizer, texts: list[str]) -> None:
                    "decode concatenates the token strings with nothing in between")
     ids = lib.encode(texts[0]).ids
     got = _call(tok.decode, ids, what="decode(ids)")
-    check(got == lib.decode(ids), f"decode({ids[:8]}...) gave {got[:60]!r}..., expected {_exp(repr(lib.decode(ids)))}.",
-          hint="decode is the concatenation of self.vocab[i] for each id")
+    check(got == lib.decode(ids), f"decode({ids[:8]}...) is wrong.", received=f"{got[:60]!r}...",
+          expected=repr(lib.decode(ids)), hint="decode is the concatenation of self.vocab[i] for each id")
 
 
 @q.check
@@ -299,14 +295,14 @@ def _check_specials(tok, lib: Tokenizer, texts: list[str]) -> None:
             for chunk in [] if part in SPECIALS else _pretokenize(part):
                 expected += _call(tok.encode_chunk, chunk, what=f"encode_chunk({chunk!r})")
         if got != expected:
-            raise CheckFailed(f"encode({text!r}) gave {_show(lib, got)}, expected {_exp(_show(lib, expected))}.",
-                              _SPECIAL_HINT)
+            raise CheckFailed(f"encode({text!r}) is wrong.", _SPECIAL_HINT, received=_show(lib, got),
+                              expected=_show(lib, expected))
         for skip in (False, True):
             back = _call(tok.decode, expected, skip_special_tokens=skip,
                          what=f"decode(ids, skip_special_tokens={skip})")
             want = re.sub(SPECIAL_RE, "", text) if skip else text
-            check(back == want, f"decode(encode({text!r}), skip_special_tokens={skip}) gave {back!r}, "
-                  f"expected {_exp(repr(want))}.",
+            check(back == want, f"decode(encode({text!r}), skip_special_tokens={skip}) is wrong.",
+                  received=repr(back), expected=repr(want),
                   hint="special tokens decode to their own string unless skip_special_tokens=True")
 
 

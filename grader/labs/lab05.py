@@ -8,6 +8,7 @@ loss of each chunk on its own) and from held-out text of a seed the notebook nev
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 from pathlib import Path
@@ -38,13 +39,24 @@ def _join(tokenizer, docs: list[str]) -> str:
     return (tokenizer.eos_token + tokenizer.bos_token).join(docs)
 
 
-def _base(device: torch.device | str = "cpu", **config_overrides):
-    """A fresh (model, tokenizer) of the base model, float32, eval mode; overrides change its config."""
+def _load_base(**config_overrides):
     path = zoo.base_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True,
                                                  **config_overrides)
-    return model.to(device).eval(), tokenizer
+    return model.eval(), tokenizer
+
+
+@LAB.fixture
+def base():
+    """The base model and its tokenizer, read from the cache once per grading run."""
+    return _load_base()
+
+
+def _base(base, device: torch.device | str = "cpu", **config_overrides):
+    """A fresh (model, tokenizer) of the base model, float32, eval mode, a check's own to change."""
+    model, tokenizer = _load_base(**config_overrides) if config_overrides else base
+    return copy.deepcopy(model).to(device).eval(), tokenizer
 
 
 @torch.no_grad()
@@ -99,14 +111,14 @@ def _check_roundtrip(save_model, load_model, model, tokenizer, device) -> None:
 
 
 @q.check
-def _roundtrip(save_model, load_model, ctx):
-    model, tokenizer = _base(ctx.device)
+def _roundtrip(save_model, load_model, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     _check_roundtrip(save_model, load_model, model, tokenizer, ctx.device)
 
 
 @q.check(hidden=True)
-def _roundtrip_changed_model(save_model, load_model, ctx):
-    model, tokenizer = _base(ctx.device)
+def _roundtrip_changed_model(save_model, load_model, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     g = torch.Generator().manual_seed(HELD_OUT_SEED)
     with torch.no_grad():  # not the cached base model any more: save_model must write the weights it is given
         for p in model.parameters():
@@ -159,8 +171,8 @@ def _configs(generation_configs):
 
 
 @q.check(hidden=True)
-def _configs_generate_the_same(generation_configs, ctx):
-    model, tokenizer = _base(ctx.device)
+def _configs_generate_the_same(generation_configs, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     mine, ref = generation_configs(10), _reference_configs(10)
     batch = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt").to(ctx.device)
     for name in WANT:
@@ -209,12 +221,13 @@ def _compare_texts(got, want: list[str], prompts: list[str], what: str) -> None:
         else:
             hint = ("pad the batch on the LEFT (padding_side='left'), pass the attention_mask, "
                     "and decode the new tokens with skip_special_tokens=True")
-        check(text == ref, f"{what}: for the prompt {prompt!r} you returned {text!r}, expected {ref!r}.", hint=hint)
+        check(text == ref, f"{what}: the continuation of {prompt!r} is wrong.", hint=hint,
+              received=repr(text), expected=repr(ref))
 
 
 @q.check
-def _generate_greedy_and_beam(generate_text, ctx):
-    model, tokenizer = _base(ctx.device)
+def _generate_greedy_and_beam(generate_text, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     ref = _reference_configs(12)
     want = [_greedy(model, tokenizer, p, 12) for p in PROMPTS]
     _compare_texts(generate_text(model, tokenizer, PROMPTS, ref["greedy"]), want, PROMPTS,
@@ -225,8 +238,8 @@ def _generate_greedy_and_beam(generate_text, ctx):
 
 
 @q.check(hidden=True)
-def _generate_sampling(generate_text, ctx):
-    model, tokenizer = _base(ctx.device)
+def _generate_sampling(generate_text, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     config = _reference_configs(12)["sample"]
     prompts = ["the capital of", "on friday,"]
     runs = []
@@ -247,8 +260,8 @@ def _generate_sampling(generate_text, ctx):
 q = LAB.question("hf_pipeline", points=2, uses=("make_pipeline", "complete"), title="A text-generation pipeline")
 
 
-def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens: int, device) -> None:
-    model, tokenizer = _base(device)
+def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens: int, device, base) -> None:
+    model, tokenizer = _base(base, device)
     pipe = make_pipeline(model, tokenizer)
     assert_type(pipe, TextGenerationPipeline, "make_pipeline(model, tokenizer)",
                 hint='pipeline("text-generation", model=model, tokenizer=tokenizer)')
@@ -264,18 +277,18 @@ def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens:
             hint = "return_full_text=False: the pipeline returns the prompt too by default"
         else:
             hint = "greedy decoding: do_sample=False, and pass max_new_tokens"
-        check(text == ref, f"complete(pipe, prompts, {max_new_tokens}) for {prompt!r} returned {text!r}, "
-              f"expected {ref!r}.", hint=hint)
+        check(text == ref, f"complete(pipe, prompts, {max_new_tokens}) for {prompt!r} is wrong.", hint=hint,
+              received=repr(text), expected=repr(ref))
 
 
 @q.check
-def _pipeline(make_pipeline, complete, ctx):
-    _check_pipeline(make_pipeline, complete, PROMPTS[:3], 10, ctx.device)
+def _pipeline(make_pipeline, complete, ctx, base):
+    _check_pipeline(make_pipeline, complete, PROMPTS[:3], 10, ctx.device, base)
 
 
 @q.check(hidden=True)
-def _pipeline_other(make_pipeline, complete, ctx):
-    _check_pipeline(make_pipeline, complete, ["the capital of fo", "on sunday, ben"], 5, ctx.device)
+def _pipeline_other(make_pipeline, complete, ctx, base):
+    _check_pipeline(make_pipeline, complete, ["the capital of fo", "on sunday, ben"], 5, ctx.device, base)
 
 
 # --- hf_perplexity -------------------------------------------------------------------------------------------
@@ -321,8 +334,8 @@ def _check_ppl(perplexity, model, tokenizer, text: str, what: str, hint: str = P
 
 
 @q.check
-def _ppl(perplexity, ctx):
-    model, tokenizer = _base(ctx.device)
+def _ppl(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     docs = world.corpus(6000, seed=HELD_OUT_SEED).splitlines(keepends=True)[:-1]
     text = _join(tokenizer, docs)  # ~21 chunks of 128: batches of 8, 8, 5, the last chunk short
     _check_ppl(perplexity, model, tokenizer, text, "perplexity(model, tokenizer, text) on held-out corpus text")
@@ -331,8 +344,8 @@ def _ppl(perplexity, ctx):
 
 
 @q.check(hidden=True)
-def _ppl_other_sizes(perplexity, ctx):
-    model, tokenizer = _base(ctx.device)
+def _ppl_other_sizes(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
     task = _join(tokenizer, [world.format_example(ex) for ex in world.task_examples("test", 60, seed=HELD_OUT_SEED)])
     _check_ppl(perplexity, model, tokenizer, task, "perplexity(..., window=32, batch_size=5) on task text",
                window=32, batch_size=5)
@@ -340,8 +353,8 @@ def _ppl_other_sizes(perplexity, ctx):
 
 
 @q.check(hidden=True)
-def _ppl_train_mode(perplexity, ctx):
-    model, tokenizer = _base(ctx.device, attention_dropout=0.2)  # a model with dropout, as many real ones have
+def _ppl_train_mode(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device, attention_dropout=0.2)  # a model with dropout, as many real ones have
     text = world.corpus(2000, seed=HELD_OUT_SEED + 1)
     model.train()  # as it is right after training
     _check_ppl(perplexity, model, tokenizer, text, "perplexity of a model with dropout, called in training mode",
@@ -390,16 +403,17 @@ def _check_dataset(make_lm_dataset, tokenizer, texts: list[str], block_size: int
             check(key in item, f"Item {i} has no {key!r} (keys: {sorted(item)}).")
         ids = _as_list(item["input_ids"])
         assert_equal(len(ids), block_size, f"the length of item {i}'s input_ids")
-        check(ids == want[i], f"input_ids of block {i} are {ids[:8]}..., expected {want[i][:8]}...",
-              hint="tokenize each text (the tokenizer adds <bos>), append eos_token_id, concatenate, then cut")
+        check(ids == want[i], f"input_ids of block {i} are wrong.",
+              hint="tokenize each text (the tokenizer adds <bos>), append eos_token_id, concatenate, then cut",
+              received=f"{ids[:8]}...", expected=f"{want[i][:8]}...")
         check(_as_list(item["labels"]) == ids, f"labels of block {i} differ from its input_ids.",
               hint="don't shift the labels yourself: a Hugging Face causal LM shifts them inside")
         check(_as_list(item["attention_mask"]) == [1] * block_size, f"attention_mask of block {i} is not all ones.")
 
 
 @q.check
-def _dataset_args_and_run(make_lm_dataset, training_args, trainer):
-    _, tokenizer = _base()
+def _dataset_args_and_run(make_lm_dataset, training_args, trainer, base):
+    _, tokenizer = base
     texts = [world.format_example(ex) for ex in world.task_examples("test", 40, seed=HELD_OUT_SEED)]
     _check_dataset(make_lm_dataset, tokenizer, texts, 32)
     with tempfile.TemporaryDirectory() as folder:
@@ -422,8 +436,8 @@ def _dataset_args_and_run(make_lm_dataset, training_args, trainer):
 
 
 @q.check(hidden=True)
-def _dataset_other(make_lm_dataset):
-    _, tokenizer = _base()
+def _dataset_other(make_lm_dataset, base):
+    _, tokenizer = base
     texts = world.corpus(3000, seed=HELD_OUT_SEED).splitlines(keepends=True)
     _check_dataset(make_lm_dataset, tokenizer, texts, 100)
 
@@ -440,15 +454,13 @@ def _task_nats_per_char(model, tokenizer) -> float:
 
 
 @q.check
-def _continued(trainer, ctx):
+def _continued(trainer, ctx, base):
     assert_type(trainer, Trainer, "trainer")
-    model = trainer.model
-    tokenizer = trainer.processing_class or _base()[1]
-    device = next(model.parameters()).device
+    model = copy.deepcopy(trainer.model)  # the trainer is not a model, so the framework passes it as it is
+    tokenizer = trainer.processing_class or base[1]
     loss = _task_nats_per_char(model.to(ctx.device), tokenizer)
-    model.to(device)
-    base, base_tokenizer = _base(ctx.device)
-    before = _task_nats_per_char(base, base_tokenizer)
+    base_model, base_tokenizer = _base(base, ctx.device)
+    before = _task_nats_per_char(base_model, base_tokenizer)
     assert_above(before - loss, 0.0, "the improvement in nats/char on held-out task text over the base model",
                  hint="train with labels on the task texts; check the learning rate and that training ran")
     assert_below(loss, TASK_NATS_PER_CHAR, "loss on held-out date-task text (nats/char, text the grader generated)",
