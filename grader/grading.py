@@ -65,6 +65,8 @@ class QuestionResult:
     hidden: bool = False  # the failure came from a hidden check: its details wait until grades are published
     # The expected values a hidden check's failure carried, kept from the learner; only the suite's audit reads them.
     redacted: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # Learner objects the question needed that were not defined: the runner looks for the cell that crashed first.
+    missing: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -89,7 +91,7 @@ class LabResult:
         data = asdict(self)
         for q in data["questions"]:
             q["status"] = str(q["status"])
-            del q["redacted"]
+            del q["redacted"], q["missing"]
         return data
 
     @classmethod
@@ -268,12 +270,14 @@ def run_question(
     missing = [n for n in q.uses if n not in namespace]
     if missing:
         names = ", ".join(f"`{n}`" for n in missing)
-        return QuestionResult.of(
+        result = QuestionResult.of(
             q,
             Status.NOT_IMPLEMENTED,
             f"Not implemented yet: {names} is not defined. Write it in the cell marked "
             "'YOUR CODE HERE' for this question and run that cell.",
         )
+        result.missing = tuple(missing)
+        return result
     checks = q.checks if include_hidden else q.public_checks
     with preserved_rng():
         for check in checks:

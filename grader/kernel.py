@@ -37,6 +37,7 @@ def grade_in_kernel(lab_id: str, out_path: str, nonce: str, include_hidden: bool
     for i, result in enumerate(grade_lab(lab, namespace, include_hidden)):
         row = {**asdict(result), "status": str(result.status)}
         row["redacted"] = list(result.redacted) if audit else []
+        row["missing"] = list(result.missing)
         done.append(row)
         # `current` names the question being checked next, so a kernel that dies there costs only that one.
         _write(out_path, {"nonce": nonce, "results": done, "current": ids[i + 1] if i + 1 < len(ids) else None})

@@ -21,7 +21,9 @@ def table(result: LabResult, show_feedback: bool = True) -> str:
     lines.append(f"  {'TOTAL':<{width}}  {result.score:g}/{result.max_score:g}")
     ex = result.execution
     if ex.get("kernel_died"):
-        lines.append(f"  ! {ex['kernel_died']}")
+        lines.append(f"  ! {ex['kernel_died']['message']}")
+    for err in ex.get("errors", []):
+        lines.append(f"  ! cell {err['cell']} raised {err['ename']}: {err['evalue'][:120]}")
     if ex.get("timed_out_cells"):
         lines.append(f"  ! cells that timed out: {ex['timed_out_cells']}")
     if ex.get("budget_exhausted"):

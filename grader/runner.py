@@ -8,7 +8,6 @@ on past failing cells so later questions are still graded. Anything on stderr
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
+from grader.cells import cell_names
 from grader.grading import LabResult, QuestionResult, Status, environment
 from grader.kernel import grading_cell_source
 from grader.registry import UnknownLab, lab_ids, load_lab
@@ -467,6 +467,8 @@ class KernelSession:
                 else:
                     why = (grading.death and grading.death.message) or failure or "the grader got no result"
                     r = QuestionResult.of(q, Status.ERROR, f"Not graded: {why}.")
+            elif r.missing and (crash := self._crash_that_left_undefined(r.missing, execution)):
+                r = QuestionResult.of(q, Status.ERROR, crash)
             elif r.status in (Status.NOT_IMPLEMENTED, Status.ERROR) and (
                 execution.budget_exhausted or execution.timed_out_cells
             ):
@@ -481,6 +483,20 @@ class KernelSession:
         if grading.death and not execution.kernel_died:
             self.dead = grading.death
         return results
+
+    def _crash_that_left_undefined(self, missing: tuple[str, ...], execution: Execution) -> str | None:
+        """The learner wrote the code, but the cell that defines it raised: say so, not "not implemented"."""
+        for err in execution.errors:
+            if err["ename"] == "NotImplementedError":
+                continue  # an exercise not done yet: "not implemented" is the truth
+            lost = sorted(set(missing) & cell_names(self.nb.cells[err["cell"]].source).binds)
+            if lost:
+                names = ", ".join(f"`{n}`" for n in lost)
+                return (
+                    f"Cell {err['cell']} raised {err['ename']}: {err['evalue']} - so {names} was never defined. "
+                    "Fix that cell first, then run it and the cells after it."
+                )
+        return None
 
     def result(self, execution: Execution, questions: list[QuestionResult]) -> LabResult:
         execution.duration_s = round(time.monotonic() - self.started, 2)
@@ -550,8 +566,14 @@ del _sl_sys, _sl_threading, _sl_ip, _sl_callbacks
 """
 
 
+# One text, run here and sent to the kernel: never inspect.getsource, which reads the file as it is on disk now.
+_IMPORTER_NAME_SOURCE = """\
 def _importer_name(importer) -> str:
     return f"{getattr(importer, '__module__', '?')}.{getattr(importer, '__qualname__', type(importer).__qualname__)}"
+"""
+_helpers: dict = {}
+exec(_IMPORTER_NAME_SOURCE, _helpers)
+_importer_name = _helpers["_importer_name"]
 
 
 def _import_guard_source() -> str:
@@ -560,7 +582,7 @@ def _import_guard_source() -> str:
     keep = "[x for x in _sl_sys.{0} if _importer_name(x) in {1!r}]"
     return (
         "import sys as _sl_sys\n"
-        + inspect.getsource(_importer_name)
+        + _IMPORTER_NAME_SOURCE
         + f"_sl_sys.path[:] = {path!r}\n"
         + f"_sl_sys.meta_path[:] = {keep.format('meta_path', sorted(map(_importer_name, sys.meta_path)))}\n"
         + f"_sl_sys.path_hooks[:] = {keep.format('path_hooks', sorted(map(_importer_name, sys.path_hooks)))}\n"
@@ -591,4 +613,5 @@ def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None
             return None
         trusted[q.id] = QuestionResult.of(q, status, str(row.get("feedback", "")), bool(row.get("hidden", False)))
         trusted[q.id].redacted = tuple(str(v) for v in row.get("redacted") or ())
+        trusted[q.id].missing = tuple(str(v) for v in row.get("missing") or () if str(v) in q.uses)
     return trusted

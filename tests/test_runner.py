@@ -8,6 +8,7 @@ import pytest
 from conftest import add_cell, load, mutate, solution_path
 
 from grader.cli import main as cli_main
+from grader.report import table
 from grader.runner import Limits, grade_notebook
 
 LAB00 = solution_path("00")
@@ -25,6 +26,17 @@ def test_failing_cell_does_not_stop_later_questions(write_nb):
     result = grade_notebook(write_nb(nb), limits=SAFE)
     assert result.score == result.max_score
     assert any(e["ename"] == "ValueError" for e in result.execution["errors"])
+    assert "! cell 3 raised ValueError: boom" in table(result), "full marks, but the learner must hear of the crash"
+
+
+@pytest.mark.notebook
+def test_a_crash_that_left_a_name_undefined_is_reported_as_a_crash(write_nb):
+    """Not "not implemented": the learner wrote move_batch, but its cell raised before defining it."""
+    nb = mutate(load(LAB00), "def move_batch(batch: dict, device: torch.device) -> dict:",
+                "first = [][0]\n\n\ndef move_batch(batch: dict, device: torch.device) -> dict:")
+    r = by_id(grade_notebook(write_nb(nb), limits=SAFE))["move_batch"]
+    assert r.status == "error" and r.score == 0
+    assert "raised IndexError: list index out of range" in r.feedback and "`move_batch` was never defined" in r.feedback
 
 
 @pytest.mark.notebook
