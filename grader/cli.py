@@ -1,10 +1,14 @@
-"""The `grader` command line: grade, release, list, doctor, batch, export, gradescope-bundle."""
+"""The `grader` command line: grade, release, bundle, list, doctor, batch, export, gradescope-bundle."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grader.limits import Limits
 
 EXIT_FULL, EXIT_POINTS_LOST, EXIT_UNUSABLE = 0, 1, 2
 ROOT_HINT = "run from the course folder (the one holding solutions/ and labs/)"
@@ -12,13 +16,10 @@ ROOT_HINT = "run from the course folder (the one holding solutions/ and labs/)"
 
 def _cmd_grade(args: argparse.Namespace) -> int:
     from grader.report import table, write_json
-    from grader.runner import Limits, UnusableInput, grade_notebook
+    from grader.runner import UnusableInput, grade_notebook
 
-    limits = Limits(
-        cell_timeout_s=args.cell_timeout, total_timeout_s=args.timeout, memory_mb=args.memory_mb
-    )
     try:
-        result = grade_notebook(args.notebook, lab=args.lab, limits=limits, include_hidden=not args.public_only)
+        result = grade_notebook(args.notebook, lab=args.lab, limits=_limits(args), include_hidden=not args.public_only)
     except UnusableInput as exc:
         print(f"grader: error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -46,6 +47,24 @@ def _cmd_release(args: argparse.Namespace) -> int:
             print("labs/ is out of date: run `grader release` and commit the result.", file=sys.stderr)
             return 1
         print(f"labs/ is up to date ({len(changes)} notebooks).")
+    return 0
+
+
+def _cmd_learner_bundle(args: argparse.Namespace) -> int:
+    from grader.bundle import build_classroom_bundle, build_learner_bundle
+    from grader.release import ReleaseError
+
+    build = build_classroom_bundle if args.kind == "classroom" else build_learner_bundle
+    try:
+        out = build(args.out_dir, args.course)
+    except (ReleaseError, FileNotFoundError) as exc:
+        print(f"grader: error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.kind == "classroom":
+        print(f"wrote {out}: push it as the assignment's template repository; in .github/workflows/classroom.yml "
+              "set LAB and GRADER_REPO, and add the GRADER_TOKEN secret (docs/instructor-guide.md)")
+    else:
+        print(f"wrote {out}: what learners receive (no solutions, tests or hidden checks)")
     return 0
 
 
@@ -87,7 +106,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from grader.batch import BatchOptions, default_hidden, run_batch
     from grader.registry import UnknownLab, load_lab
-    from grader.runner import Limits
     from grader.sandbox import Sandbox
 
     root = Path(args.dir)
@@ -100,15 +118,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         print(f"grader: error: no such folder or notebook: {root}", file=sys.stderr)
         return EXIT_UNUSABLE
     out = Path(args.out or f"grading/{lab}/gradebook.csv")
-    limits = Limits(
-        cell_timeout_s=args.cell_timeout,
-        total_timeout_s=args.timeout,
-        memory_mb=args.memory_mb,
-        output_chars=args.output_chars,
-        grading_timeout_s=args.grading_timeout,
-    )
     sandbox = Sandbox(hide=default_hidden(root, out)) if args.sandbox else None
-    opts = BatchOptions(lab, args.workers, limits, args.hard_timeout, sandbox, args.threads)
+    opts = BatchOptions(lab, args.workers, _limits(args), args.hard_timeout, sandbox, args.threads)
     try:
         run_batch(root, opts, out, only=args.only, student=args.student)
     except ValueError as exc:
@@ -158,6 +169,35 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    """The runner's limits as options of `grade` and `batch`, their defaults read from the one `Limits()`."""
+    from grader.limits import Limits
+
+    d = Limits()
+    p.add_argument("--timeout", type=float, default=d.total_timeout_s,
+                   help=f"whole-notebook budget in seconds (default {d.total_timeout_s:g})")
+    p.add_argument("--cell-timeout", type=float, default=d.cell_timeout_s,
+                   help=f"per-cell timeout in seconds (default {d.cell_timeout_s:g})")
+    p.add_argument("--grading-timeout", type=float, default=d.grading_timeout_s,
+                   help=f"budget for the checks in seconds (default {d.grading_timeout_s:g})")
+    p.add_argument("--memory-mb", type=int, default=d.memory_mb,
+                   help=f"kernel memory cap in MiB (default {d.memory_mb})")
+    p.add_argument("--output-chars", type=int, default=d.output_chars,
+                   help=f"output cap per notebook in characters (default {d.output_chars:,})")
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    from grader.limits import Limits
+
+    return Limits(
+        cell_timeout_s=args.cell_timeout,
+        total_timeout_s=args.timeout,
+        memory_mb=args.memory_mb,
+        output_chars=args.output_chars,
+        grading_timeout_s=args.grading_timeout,
+    )
+
+
 def _add_batch_parsers(sub) -> None:
     b = sub.add_parser("batch", help="grade a folder of submissions in parallel; write a gradebook")
     b.add_argument("dir", help="one notebook or sub-folder per student (or one student's folder with --student)")
@@ -166,11 +206,7 @@ def _add_batch_parsers(sub) -> None:
     b.add_argument("--out", help="gradebook CSV (default grading/NN/gradebook.csv); results/ goes next to it")
     b.add_argument("--only", action="append", metavar="STUDENT", help="regrade just this student (repeatable)")
     b.add_argument("--student", help="DIR is this one student's submission (Gradescope, Classroom)")
-    b.add_argument("--timeout", type=float, default=900, help="whole-notebook budget in seconds (default 900)")
-    b.add_argument("--cell-timeout", type=float, default=300, help="per-cell timeout in seconds (default 300)")
-    b.add_argument("--grading-timeout", type=float, default=600, help="budget for the checks (default 600)")
-    b.add_argument("--memory-mb", type=int, default=4096, help="memory cap per kernel in MiB (default 4096)")
-    b.add_argument("--output-chars", type=int, default=2_000_000, help="output cap per notebook (default 2e6)")
+    _add_limit_args(b)
     b.add_argument("--hard-timeout", type=float, help="kill a submission's whole grading after this many seconds")
     b.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per kernel (default 1)")
     b.add_argument("--sandbox", action="store_true", help="run kernels under bubblewrap (no network, read-only)")
@@ -196,9 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grade", help="execute a notebook in a fresh kernel and grade it")
     g.add_argument("notebook")
     g.add_argument("--json", help="write the result as JSON to this file")
-    g.add_argument("--timeout", type=float, default=1800, help="whole-notebook budget in seconds (default 1800)")
-    g.add_argument("--cell-timeout", type=float, default=600, help="per-cell timeout in seconds (default 600)")
-    g.add_argument("--memory-mb", type=int, default=8192, help="kernel memory cap in MiB (default 8192)")
+    _add_limit_args(g)
     g.add_argument("--lab", help="lab number, when the file name does not start with it")
     g.add_argument("--public-only", action="store_true", help="run only the public checks")
     g.set_defaults(func=_cmd_grade)
@@ -208,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--solutions", default="solutions")
     r.add_argument("--labs", default="labs")
     r.set_defaults(func=_cmd_release)
+
+    bu = sub.add_parser("bundle", help="write what learners receive: no solutions, tests or hidden checks")
+    bu.add_argument("kind", choices=("learner", "classroom"),
+                    help="learner: the course for learners; classroom: plus the GitHub Classroom workflow")
+    bu.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")
+    bu.add_argument("--course", default=".", help="the course folder (default: the current one)")
+    bu.set_defaults(func=_cmd_learner_bundle)
 
     li = sub.add_parser("list", help="list the labs (and a learner's progress in FOLDER)")
     li.add_argument("folder", nargs="?")

@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -67,6 +68,7 @@ class QuestionResult:
     redacted: tuple[str, ...] = field(default=(), repr=False, compare=False)
     # Learner objects the question needed that were not defined: the runner looks for the cell that crashed first.
     missing: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    duration_s: float = 0.0  # time its checks took (fixtures included): which check is slow, for authors
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
@@ -333,7 +335,10 @@ def grade_lab(lab: Lab, namespace: Mapping[str, Any], include_hidden: bool = Tru
     """Every question of a lab in order, sharing one set of fixtures (built once for the whole run)."""
     fixtures = Fixtures(lab)
     for q in lab.questions.values():
-        yield run_question(q, namespace, include_hidden, fixtures)
+        start = time.monotonic()
+        result = run_question(q, namespace, include_hidden, fixtures)
+        result.duration_s = round(time.monotonic() - start, 3)
+        yield result
 
 
 def caller_namespace(depth: int = 2) -> dict:

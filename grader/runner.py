@@ -33,6 +33,7 @@ from nbclient.exceptions import DeadKernelError
 from grader.cells import cell_names
 from grader.grading import LabResult, QuestionResult, Status, environment
 from grader.kernel import grading_cell_source
+from grader.limits import Limits
 from grader.registry import UnknownLab, lab_ids, load_lab
 from grader.sandbox import Sandbox
 
@@ -41,17 +42,6 @@ KERNEL_NAME = "specialist-labs"
 
 class UnusableInput(Exception):
     """Input that cannot be graded at all (exit code 2): not a notebook, unknown lab, ..."""
-
-
-@dataclass
-class Limits:
-    """The one set of defaults for `grader grade`, `grader batch` and the test suite's own runs."""
-
-    cell_timeout_s: float = 300.0
-    total_timeout_s: float = 1800.0
-    memory_mb: int = 8192
-    output_chars: int = 2_000_000
-    grading_timeout_s: float = 600.0
 
 
 class DeathKind(str, Enum):
@@ -467,18 +457,18 @@ class KernelSession:
                 else:
                     why = (grading.death and grading.death.message) or failure or "the grader got no result"
                     r = QuestionResult.of(q, Status.ERROR, f"Not graded: {why}.")
-            elif r.missing and (crash := self._crash_that_left_undefined(r.missing, execution)):
-                r = QuestionResult.of(q, Status.ERROR, crash)
             elif r.status in (Status.NOT_IMPLEMENTED, Status.ERROR) and (
-                execution.budget_exhausted or execution.timed_out_cells
+                execution.budget_exhausted
+                or any(name in src for name in q.uses for src in execution.timed_out_sources)
             ):
                 cells = ", ".join(str(i) for i in execution.timed_out_cells)
                 if execution.budget_exhausted:
                     msg = "The notebook ran out of time before this question's code ran."
-                    r = QuestionResult.of(q, Status.TIMEOUT, msg)
-                elif any(name in src for name in q.uses for src in execution.timed_out_sources):
+                else:
                     msg = f"Cell(s) {cells} timed out, so this question's objects were not ready.\n{r.feedback}"
-                    r = QuestionResult.of(q, Status.TIMEOUT, msg)
+                r = QuestionResult.of(q, Status.TIMEOUT, msg)
+            elif r.missing and (crash := self._crash_that_left_undefined(r.missing, execution)):
+                r = QuestionResult.of(q, Status.ERROR, crash)
             results.append(r)
         if grading.death and not execution.kernel_died:
             self.dead = grading.death
@@ -487,8 +477,10 @@ class KernelSession:
     def _crash_that_left_undefined(self, missing: tuple[str, ...], execution: Execution) -> str | None:
         """The learner wrote the code, but the cell that defines it raised: say so, not "not implemented"."""
         for err in execution.errors:
-            if err["ename"] == "NotImplementedError":
-                continue  # an exercise not done yet: "not implemented" is the truth
+            if err["ename"] in ("NotImplementedError", "KeyboardInterrupt", "CellTimeoutError"):
+                continue  # an exercise not done yet ("not implemented" is the truth), or a timeout, said elsewhere
+            if err["cell"] in execution.timed_out_cells:
+                continue
             lost = sorted(set(missing) & cell_names(self.nb.cells[err["cell"]].source).binds)
             if lost:
                 names = ", ".join(f"`{n}`" for n in lost)
@@ -614,4 +606,6 @@ def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None
         trusted[q.id] = QuestionResult.of(q, status, str(row.get("feedback", "")), bool(row.get("hidden", False)))
         trusted[q.id].redacted = tuple(str(v) for v in row.get("redacted") or ())
         trusted[q.id].missing = tuple(str(v) for v in row.get("missing") or () if str(v) in q.uses)
+        seconds = row.get("duration_s")
+        trusted[q.id].duration_s = float(seconds) if isinstance(seconds, int | float) else 0.0
     return trusted

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 
 from grader.batch import BatchOptions, run_batch
+from grader.records import Record
 from grader.release import find_regions, release_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def _single_cell(nb: nbformat.NotebookNode, index: int) -> nbformat.NotebookNode
     return one
 
 
-def grade_class(folder: Path, lab: str, workers: int, out: Path) -> tuple[list[dict], float]:
+def grade_class(folder: Path, lab: str, workers: int, out: Path) -> tuple[list[Record], float]:
     """Grade the class once: (records, wall seconds). The batch log is kept quiet; main prints the table."""
     opts = BatchOptions(lab, workers=workers)  # the limits `grader batch` uses by default
     start = time.monotonic()

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 from conftest import ROOT
 
-from grader.batch import read_gradebook
+from grader.gradebook import read_gradebook
 from grader.registry import load_lab
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from batch_benchmark import grade_class, make_class  # noqa: E402
 
 
+@pytest.mark.notebook
 def test_forty_submissions_of_lab01_all_graded_correctly(tmp_path):
     kinds = make_class(tmp_path / "subs", "01", 40)
     records, wall = grade_class(tmp_path / "subs", "01", 2, tmp_path / "out" / "gradebook.csv")
@@ -22,17 +24,17 @@ def test_forty_submissions_of_lab01_all_graded_correctly(tmp_path):
     rows = read_gradebook(tmp_path / "out" / "gradebook.csv")
     assert sorted(rows) == sorted(kinds) and len(records) == 40
     for record in records:
-        kind, row = kinds[record["student"]], rows[record["student"]]
-        statuses = {q["id"]: q["status"] for q in record["result"]["questions"]}
+        kind, row = kinds[record.student], rows[record.student]
+        statuses = {q["id"]: q["status"] for q in record.result["questions"]}
         if kind == "complete":
-            assert (record["status"], record["score"]) == ("graded", lab.max_score), record["reason"]
+            assert (record.status, record.score) == ("graded", lab.max_score), record.reason
         elif kind == "starter":
-            assert record["score"] == 0 and set(statuses.values()) == {"not_implemented"}, record["reason"]
+            assert record.score == 0 and set(statuses.values()) == {"not_implemented"}, record.reason
         else:
-            assert 0 < record["score"] < lab.max_score and record["status"] == "partial", record["reason"]
+            assert 0 < record.score < lab.max_score and record.status == "partial", record.reason
             assert "not_implemented" in statuses.values(), statuses
-        assert row["total"] == f"{record['score']:g}"
+        assert row["total"] == f"{record.score:g}"
 
-    complete = [r for r in records if kinds[r["student"]] == "complete"]
-    feedback = {tuple((q["id"], q["status"], q["feedback"]) for q in r["result"]["questions"]) for r in complete}
+    complete = [r for r in records if kinds[r.student] == "complete"]
+    feedback = {tuple((q["id"], q["status"], q["feedback"]) for q in r.result["questions"]) for r in complete}
     assert len(feedback) == 1, "the same notebook graded differently within one batch"

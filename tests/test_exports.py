@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import zipfile
 from xml.etree import ElementTree as ET
@@ -21,34 +22,41 @@ from grader.exports import (
     junit_xml,
     load_records,
 )
+from grader.records import Record
 
-HIDDEN_FEEDBACK = "[hidden check] reproducible_noise(seed=123, n=20000): 19998 of 20000 differ, expected (hidden)"
+HIDDEN_FEEDBACK = (
+    "[hidden check] reproducible_noise(seed=123, n=20000) differs from the reference.\n"
+    "  received: 19998 of 20000 values differ\n  expected: (hidden)"
+)
 
 
 def lab_result(**overrides) -> dict:
     """A `grader grade --json` result for lab 00: one pass, one hidden-check failure, one stub left."""
     questions = [
-        {"id": "move_batch", "score": 2, "max_score": 2, "status": "passed", "feedback": "All checks passed."},
-        {"id": "reproducible_noise", "score": 0, "max_score": 2, "status": "failed", "feedback": HIDDEN_FEEDBACK},
-        {"id": "tensor_nbytes", "score": 0, "max_score": 2, "status": "not_implemented", "feedback": "Not yet."},
+        {"id": "move_batch", "score": 2, "max_score": 2, "status": "passed", "feedback": "All checks passed.",
+         "hidden": False},
+        {"id": "reproducible_noise", "score": 0, "max_score": 2, "status": "failed", "feedback": HIDDEN_FEEDBACK,
+         "hidden": True},
+        {"id": "tensor_nbytes", "score": 0, "max_score": 2, "status": "not_implemented", "feedback": "Not yet.",
+         "hidden": False},
     ]
     result = {"lab": "00", "score": 2, "max_score": 6, "duration_s": 9.5, "questions": questions, "execution": {}}
     return result | overrides
 
 
-def unusable(student: str = "zed") -> dict:
-    return {"student": student, "lab": "00", "status": "unusable", "reason": "not a notebook (invalid JSON)",
-            "score": 0, "max_score": 6, "wall_s": 0.4, "review": [], "result": None}
+def unusable(student: str = "zed") -> Record:
+    return as_record({"student": student, "lab": "00", "status": "unusable", "reason": "not a notebook (invalid JSON)",
+                      "score": 0, "max_score": 6, "wall_s": 0.4, "review": [], "result": None})
 
 
 @pytest.fixture
-def record() -> dict:
+def record() -> Record:
     return as_record(lab_result(), "alice")
 
 
 def test_a_plain_grade_result_becomes_a_record(record):
-    assert record["student"] == "alice" and record["status"] == "partial" and record["score"] == 2
-    assert "failed: reproducible_noise" in record["reason"]
+    assert record.student == "alice" and record.status == "partial" and record.score == 2
+    assert "failed: reproducible_noise" in record.reason
     with pytest.raises(ValueError, match="not a grader result"):
         as_record({"hello": 1})
 
@@ -66,8 +74,34 @@ def test_gradescope_tests_per_question_and_hidden_checks_wait_for_publication(re
     public, secret = noise["reproducible_noise: Reproducible randomness"], noise["reproducible_noise: hidden checks"]
     assert public["status"] == "failed" and "hidden check did not pass" in public["output"]
     assert "19998" not in public["output"], "hidden details stay hidden until published"
-    assert secret["output"] == HIDDEN_FEEDBACK and "expected (hidden)" in secret["output"]
+    assert secret["output"] == HIDDEN_FEEDBACK and "expected: (hidden)" in secret["output"]
     assert noise["tensor_nbytes: hidden checks"]["output"].startswith("Not run")
+
+
+def _with_question(record: Record, qid: str, **changes) -> Record:
+    """`record` with one question's result changed; hidden=None drops the flag, which older results lack."""
+    result = copy.deepcopy(record.result)
+    q = next(q for q in result["questions"] if q["id"] == qid)
+    q.update(changes)
+    if q["hidden"] is None:
+        del q["hidden"]
+    return as_record(result, record.student)
+
+
+def test_gradescope_knows_a_hidden_failure_by_its_flag_not_its_wording(record):
+    def tests(rec: Record) -> dict:
+        return {t["name"]: t for t in gradescope_results(rec)["tests"]}
+
+    unmarked = tests(_with_question(record, "reproducible_noise", feedback="19998 of 20000 differ", hidden=True))
+    assert "hidden check did not pass" in unmarked["reproducible_noise: Reproducible randomness"]["output"]
+    assert unmarked["reproducible_noise: hidden checks"]["output"] == "19998 of 20000 differ"
+    public = tests(_with_question(record, "reproducible_noise", hidden=False))
+    assert public["reproducible_noise: Reproducible randomness"]["output"] == HIDDEN_FEEDBACK, "a public failure"
+    assert public["reproducible_noise: hidden checks"]["output"].startswith("Not run")
+    older = _with_question(record, "reproducible_noise", hidden=None)  # written before results carried the flag
+    with pytest.raises(ValueError, match="no 'hidden' flag"):
+        gradescope_results(older)
+    assert "19998" in junit_xml([older]), "other exports do not need the flag"
 
 
 def test_gradescope_unusable_submission_explains_itself():
@@ -78,7 +112,7 @@ def test_gradescope_unusable_submission_explains_itself():
 
 
 def test_best_record_prefers_the_graded_notebook(record):
-    assert best_record([unusable(), record])["student"] == "alice"
+    assert best_record([unusable(), record]).student == "alice"
     with pytest.raises(ValueError):
         best_record([])
 
@@ -107,15 +141,15 @@ def test_junit_has_a_suite_per_submission_and_failures_with_feedback(record):
 def test_export_cli_reads_folders_and_rejects_junk(tmp_path, record, capsys):
     results = tmp_path / "results"
     results.mkdir()
-    (results / "alice.json").write_text(json.dumps(record))
-    (results / "zed.json").write_text(json.dumps(unusable()))
+    (results / "alice.json").write_text(json.dumps(record.to_dict()))
+    (results / "zed.json").write_text(json.dumps(unusable().to_dict()))
     assert cli_main(["export", "junit", str(results), "-o", str(tmp_path / "junit.xml")]) == 0
     assert len(ET.parse(tmp_path / "junit.xml").getroot().findall("testsuite")) == 2
     assert cli_main(["export", "gradescope", str(results / "alice.json")]) == 0
     assert json.loads(capsys.readouterr().out)["score"] == 2
     (tmp_path / "junk.json").write_text("[1, 2]")
     assert cli_main(["export", "gradescope", str(tmp_path / "junk.json")]) == 2
-    assert [r["student"] for r in load_records([results])] == ["alice", "zed"]
+    assert [r.student for r in load_records([results])] == ["alice", "zed"]
 
 
 def test_gradescope_bundle_holds_the_scripts_and_the_package(tmp_path):
