@@ -32,9 +32,15 @@ def mutate(nb: nbformat.NotebookNode, old: str, new: str) -> nbformat.NotebookNo
     return nb
 
 
-def add_cell(nb: nbformat.NotebookNode, source: str, index: int | None = None) -> nbformat.NotebookNode:
+def add_cell(
+    nb: nbformat.NotebookNode, source: str, index: int | None = None, timeout_s: float | None = None
+) -> nbformat.NotebookNode:
+    """A copy of `nb` with one more code cell; `timeout_s` gives that cell alone a short limit, so a test of a
+    hung cell waits seconds while the notebook's other cells keep limits far above their time on a busy machine."""
     nb = copy.deepcopy(nb)
     cell = nbformat.v4.new_code_cell(source)
+    if timeout_s is not None:
+        cell.metadata["specialist_labs"] = {"timeout_s": timeout_s}
     nb.cells.insert(len(nb.cells) if index is None else index, cell)
     return nb
 
@@ -52,3 +58,107 @@ def write_nb(tmp_path):
         return save(nb, tmp_path / name)
 
     return _write
+
+
+# --- kernels, marks and order -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _kernel_tests_are_marked(request, monkeypatch):
+    """A test that starts a kernel must say so (@pytest.mark.notebook), so `-m "not notebook"` is a quick loop."""
+    if request.node.get_closest_marker("notebook"):
+        return
+    from grader.runner import KernelSession
+
+    def refuse(self):
+        raise AssertionError(f"{request.node.nodeid} starts a kernel: mark it @pytest.mark.notebook")
+
+    monkeypatch.setattr(KernelSession, "__enter__", refuse)
+
+
+def _session_lab(item) -> str | None:
+    """The lab whose open solution session this test uses (tests/test_labs.py), if any."""
+    if "sessions" not in getattr(item, "fixturenames", ()):
+        return None
+    lab = item.callspec.params.get("lab") if hasattr(item, "callspec") else None
+    return lab if isinstance(lab, str) else None  # an empty parametrize gives a placeholder, not a lab
+
+
+def pytest_collection_modifyitems(config, items):
+    """One lab's session tests run back to back, in one process (pytest-xdist's loadgroup), solution first."""
+    slots = [i for i, item in enumerate(items) if _session_lab(item) is not None]
+    ordered = sorted(
+        (items[i] for i in slots),
+        key=lambda item: (_session_lab(item), "solution" not in item.name),
+    )
+    for i, item in zip(slots, ordered, strict=True):
+        item.add_marker(pytest.mark.xdist_group(f"lab{_session_lab(item)}"))
+        items[i] = item
+
+
+@pytest.fixture
+def lab_timings():
+    """record(lab, seconds): a solution's fresh-kernel run time, with a calibration measured now, in this process,
+    for the lab-timings report CI prints. Reported, never asserted: a busy machine must not fail a test."""
+    from grader import timings
+
+    def record(lab: str, seconds: float) -> None:
+        timings.record(timings.LabTiming(lab, seconds, timings.calibrate()))
+
+    return record
+
+
+COSTS_DIR = ROOT / ".cache" / "variant-costs"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controlling process, once per run: start fresh reports
+        import shutil
+
+        from grader import timings
+
+        timings.DEFAULT_REPORT.unlink(missing_ok=True)
+        shutil.rmtree(COSTS_DIR, ignore_errors=True)
+
+
+def pytest_sessionfinish(session):
+    """Each test process leaves the costs of the variants it graded for the controller's summary."""
+    import json
+    import os
+    from dataclasses import asdict
+
+    from variants import COSTS
+
+    if COSTS:
+        COSTS_DIR.mkdir(parents=True, exist_ok=True)
+        (COSTS_DIR / f"{os.getpid()}.json").write_text(json.dumps([asdict(c) for c in COSTS]))
+
+
+def _variant_cost_table() -> list[str]:
+    import json
+
+    rows: dict[str, list[dict]] = {}
+    for path in sorted(COSTS_DIR.glob("*.json")):
+        for cost in json.loads(path.read_text()):
+            rows.setdefault(cost["lab"], []).append(cost)
+    lines = ["lab  variants  re-run s (mean)  grading s (mean)  total s"]
+    for lab, costs in sorted(rows.items()):
+        run, grade, n = sum(c["run_s"] for c in costs), sum(c["grade_s"] for c in costs), len(costs)
+        lines.append(f"{lab:>3}  {n:>8}  {run / n:>15.1f}  {grade / n:>16.1f}  {run + grade:>7.1f}")
+    return lines if rows else []
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "workerinput"):
+        return
+    from grader import timings
+
+    report = timings.load_report()
+    if report:
+        terminalreporter.write_sep("=", "lab timings (solution run, fresh kernel; python -m grader.timings show)")
+        terminalreporter.write_line(timings.render_table(report, timings.load_reference()))
+    costs = _variant_cost_table()
+    if costs:
+        terminalreporter.write_sep("=", "variant costs (re-run cells in the solution's kernel, then grade)")
+        for line in costs:
+            terminalreporter.write_line(line)

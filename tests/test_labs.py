@@ -1,5 +1,9 @@
 """Every lab: the solution scores full marks, the learner version scores zero with "not implemented",
-and realistic bugs lose exactly the points of the questions they break."""
+realistic bugs lose exactly the points of the questions they break, and correct variants keep full marks.
+
+Cost: a lab's solution runs once, from a fresh kernel, and stays open; each variant re-runs only the cells it
+changes and those that depend on them (tests/variants.py). The learner copy runs in a fresh kernel of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,83 @@ from pathlib import Path
 
 import pytest
 from conftest import LABS, load, mutate, solution_path
+from variants import SolutionSession
 
 from grader.registry import lab_ids, load_lab
 from grader.runner import Limits, grade_notebook
 
-LIMITS = Limits(cell_timeout_s=240, total_timeout_s=600, grading_timeout_s=240)
+# Safety nets far above a lab's time on a loaded 2-core machine: a slow machine must never fail a test.
+LIMITS = Limits(cell_timeout_s=900, total_timeout_s=2400, grading_timeout_s=900)
 
-def _load_bugs() -> list[tuple]:
-    """Each lab's bugs live in tests/bugs/labNN.py, so labs can be added without touching this file."""
-    bugs = []
+
+def _load_tables() -> tuple[list[tuple], list[tuple]]:
+    """Each lab's variants live in tests/bugs/labNN.py, so labs are added without touching this file.
+
+    BUGS: (name, text in the solution, replacement, questions that must lose points[, {"fresh": True}])
+    CORRECT: (name, text in the solution, replacement): other valid answers, which must keep full marks.
+    """
+    bugs, correct = [], []
     for path in sorted((Path(__file__).parent / "bugs").glob("lab[0-9][0-9].py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        bugs += [(path.stem[3:], *bug) for bug in module.BUGS]
-    return bugs
+        lab = path.stem[3:]
+        bugs += [(lab, *bug) if len(bug) == 5 else (lab, *bug, {}) for bug in module.BUGS]
+        correct += [(lab, *variant) for variant in getattr(module, "CORRECT", [])]
+    return bugs, correct
 
 
-BUGS = _load_bugs()
+BUGS, CORRECT = _load_tables()
 
 
-def learner_path(lab: str):
+class Sessions:
+    """At most one open solution session per test process: a lab's tests run one after another (see conftest)."""
+
+    def __init__(self) -> None:
+        self.current: SolutionSession | None = None
+
+    def get(self, lab: str) -> SolutionSession:
+        if self.current is None or self.current.lab != lab:
+            self.close()
+            self.current = SolutionSession(load(solution_path(lab)), lab, LIMITS).__enter__()
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+            self.current = None
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    s = Sessions()
+    yield s
+    s.close()
+
+
+def learner_path(lab: str) -> Path:
     (path,) = LABS.glob(f"{lab}_*.ipynb")
     return path
 
 
+def _lost(result) -> dict:
+    return {q.id: (q.status, q.feedback) for q in result.questions if q.status != "passed"}
+
+
+def _assert_no_hidden_value_shown(result) -> None:
+    """Whoever wrote a hidden check, the expected values its failure carried never reach the learner."""
+    for q in result.questions:
+        for value in q.redacted:
+            assert value not in q.feedback, f"{q.id}: hidden expected value {value!r} shown in {q.feedback!r}"
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("lab", lab_ids())
-def test_solution_scores_full_marks_and_runs_clean(lab):
-    result = grade_notebook(solution_path(lab), limits=LIMITS)
-    assert result.execution["errors"] == [], result.execution["errors"]
-    assert result.score == result.max_score == load_lab(lab).max_score, [
-        (q.id, q.status, q.feedback) for q in result.questions if q.status != "passed"
-    ]
-    assert result.duration_s < 180, f"lab {lab} solution took {result.duration_s} s (budget 180 s on a 2-core CPU)"
+def test_solution_scores_full_marks_and_runs_clean(lab, sessions, lab_timings):
+    base = sessions.get(lab).base
+    lab_timings(lab, base.duration_s)
+    assert base.execution["errors"] == [], base.execution["errors"]
+    assert base.score == base.max_score == load_lab(lab).max_score, _lost(base)
 
 
 @pytest.mark.notebook
@@ -56,19 +103,30 @@ def test_learner_notebook_runs_to_the_end_and_scores_zero(lab):
         assert "Not implemented yet" in q.feedback
 
 
-def test_every_lab_has_at_least_three_bugs():
+def test_every_lab_has_at_least_six_bugs():
     for lab in lab_ids():
-        assert sum(1 for b in BUGS if b[0] == lab) >= 3, f"lab {lab} needs at least three buggy variants"
+        n = sum(1 for b in BUGS if b[0] == lab)
+        assert n >= 6 if lab != "00" else n >= 3, f"lab {lab} has {n} buggy variants"
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("lab,bug,old,new,broken", BUGS, ids=[f"{b[0]}-{b[1]}" for b in BUGS])
-def test_buggy_variant_loses_exactly_its_points(lab, bug, old, new, broken, write_nb):
-    nb = mutate(load(solution_path(lab)), old, new)
-    result = grade_notebook(write_nb(nb, f"{lab}_buggy.ipynb"), limits=LIMITS)
+@pytest.mark.parametrize("lab,bug,old,new,broken,options", BUGS, ids=[f"{b[0]}-{b[1]}" for b in BUGS])
+def test_buggy_variant_loses_exactly_its_points(lab, bug, old, new, broken, options, sessions, write_nb):
+    if options.get("fresh"):
+        result = grade_notebook(write_nb(mutate(load(solution_path(lab)), old, new), f"{lab}_bug.ipynb"), limits=LIMITS)
+    else:
+        result, _ = sessions.get(lab).grade_variant(old, new, broken)
     lost = {q.id for q in result.questions if q.score < q.max_score}
-    assert lost == broken, {q.id: (q.status, q.feedback) for q in result.questions if q.status != "passed"}
+    assert lost == broken, _lost(result)
     for q in result.questions:
         if q.id in broken:
             assert q.status == "failed", (q.id, q.status, q.feedback)
             assert q.feedback.strip(), "a failure must say why"
+    _assert_no_hidden_value_shown(result)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("lab,name,old,new", CORRECT, ids=[f"{c[0]}-{c[1]}" for c in CORRECT])
+def test_correct_variant_keeps_full_marks(lab, name, old, new, sessions):
+    result, _ = sessions.get(lab).grade_variant(old, new)
+    assert result.score == result.max_score, _lost(result)
