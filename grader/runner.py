@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -479,7 +480,7 @@ class KernelSession:
         for err in execution.errors:
             if err["ename"] in ("NotImplementedError", "KeyboardInterrupt", "CellTimeoutError"):
                 continue  # an exercise not done yet ("not implemented" is the truth), or a timeout, said elsewhere
-            if err["cell"] in execution.timed_out_cells:
+            if err["cell"] in execution.timed_out_cells or self._downstream_name_error(err):
                 continue
             lost = sorted(set(missing) & cell_names(self.nb.cells[err["cell"]].source).binds)
             if lost:
@@ -489,6 +490,18 @@ class KernelSession:
                     "Fix that cell first, then run it and the cells after it."
                 )
         return None
+
+    def _downstream_name_error(self, err: dict) -> bool:
+        """A NameError for a name an earlier cell defines is that cell's failure (or an exercise not done yet),
+        not this cell's: only a name defined nowhere (a typo) makes this cell the one to fix."""
+        match = re.match(r"name '(\w+)' is not defined", err["evalue"]) if err["ename"] == "NameError" else None
+        if match is None:
+            return False
+        return any(
+            match.group(1) in cell_names(c.source).binds
+            for c in self.nb.cells[: err["cell"]]
+            if c.cell_type == "code"
+        )
 
     def result(self, execution: Execution, questions: list[QuestionResult]) -> LabResult:
         execution.duration_s = round(time.monotonic() - self.started, 2)

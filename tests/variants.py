@@ -6,11 +6,13 @@ depends on it (it reads a name the re-run cells bind, also from inside a functio
 its globals up when called), each from the random state it had in the fresh run, and grades. Expensive cells
 (training) re-run only when a question the variant is expected to break needs what they build. Cells a variant
 left changed are re-run, as the solution wrote them, before the next variant, so every variant starts from the
-solution's state. A variant that needs more than that is graded from a fresh kernel (`{"fresh": True}`).
+solution's state (an expensive cell from a copy of what it bound in the fresh run, not by training again). A
+variant that needs more than that is graded from a fresh kernel (`{"fresh": True}`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -37,27 +39,29 @@ def dependents(nb: nbformat.NotebookNode, changed: set[int], skip: frozenset[int
     return rerun
 
 
-def plan(nb: nbformat.NotebookNode, changed: set[int], expensive: set[int], targets: set[str]) -> list[int]:
-    """The cells a variant re-runs: its dependents, less the expensive ones (training) that no broken question needs.
+def needed_expensive(nb: nbformat.NotebookNode, changed: int, expensive: set[int], targets: set[str]) -> set[int]:
+    """The expensive cells (training) a variant must really re-run: those that build what a broken question uses.
 
     A bug in a function that a training cell also calls costs no retraining unless the variant says the trained
     object's question breaks: `targets` are the names the broken questions use. Walking back from them finds the
     expensive cells that bind them or feed a cell that does.
     """
-    names = {i: cell_names(nb.cells[i].source) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     needed, keep = set(targets), set()
-    for i in reversed(dependents(nb, changed)):
-        if names[i].binds & needed:
-            needed |= names[i].reads
+    for i in reversed(dependents(nb, {changed})):
+        names = cell_names(nb.cells[i].source)
+        if names.binds & needed:
+            needed |= names.reads
             keep.add(i)
-    return dependents(nb, changed, skip=frozenset(expensive - keep))
+    return keep & expensive
 
 
-def _tainted(nb: nbformat.NotebookNode, ran: list[int], changed: int) -> set[int]:
+def _tainted(nb: nbformat.NotebookNode, ran: list[int], changed: int, restored: set[int] = frozenset()) -> set[int]:
     """The cells of a run that now hold the variant's state: the changed cell and those that read what it (or one
     of them) bound. The others were restored to the solution's state and need not run again."""
     tainted, dirty = set(), set()
     for i in ran:
+        if i in restored:
+            continue
         names = cell_names(nb.cells[i].source)
         if i == changed or names.reads & dirty:
             tainted.add(i)
@@ -77,6 +81,27 @@ _sl_r.setstate(_sl_rng[{index}][0])
 _sl_np.random.set_state(_sl_rng[{index}][1])
 _sl_t.set_rng_state(_sl_rng[{index}][2])
 del _sl_r, _sl_np, _sl_t
+"""
+
+
+# After the fresh run: copies of what the expensive cells bound, so that putting the solution's state back after a
+# variant is an assignment, not a second training run.
+_SNAPSHOT = """\
+import copy as _sl_copy, json as _sl_json
+_sl_snap = {{}}
+for _sl_n in {names!r}:
+    try:
+        _sl_snap[_sl_n] = _sl_copy.deepcopy(globals()[_sl_n])
+    except Exception:
+        pass
+with open({path!r}, "w") as _sl_f:
+    _sl_json.dump(sorted(_sl_snap), _sl_f)
+del _sl_n, _sl_f
+"""
+_RESTORE = """\
+for _sl_n in {names!r}:
+    globals()[_sl_n] = _sl_copy.deepcopy(_sl_snap[_sl_n])
+del _sl_n
 """
 
 
@@ -104,6 +129,7 @@ class SolutionSession:
     original: dict[int, str] = field(default_factory=dict)
     seconds: dict[int, float] = field(default_factory=dict)  # each cell's time in the fresh run
     stale: set[int] = field(default_factory=set)  # cells whose kernel state is a variant's, not the solution's
+    restorable: dict[int, list[str]] = field(default_factory=dict)  # expensive cell -> the names a copy restores
     base: LabResult | None = None
 
     def __enter__(self) -> SolutionSession:
@@ -111,7 +137,17 @@ class SolutionSession:
         self.session = KernelSession(self.nb, self.lab, self.limits, audit=True).__enter__()
         execution = self._run(sorted(self.original), record=True)
         self.base = self.session.result(execution, self.session.grade(execution))
+        self._snapshot()
         return self
+
+    def _snapshot(self) -> None:
+        binds = {i: sorted(cell_names(self.original[i]).binds) for i in self.expensive}
+        path = self.session.workdir / ".sl-snapshot.json"
+        names = sorted({n for ns in binds.values() for n in ns})
+        if self.session.run_private(_SNAPSHOT.format(names=names, path=str(path)), timeout_s=300) is None:
+            copied = set(json.loads(path.read_text()))
+            # a cell whose names could not all be copied (or no longer exist) is restored by running it again
+            self.restorable = {i: ns for i, ns in binds.items() if set(ns) <= copied}
 
     def __exit__(self, *exc_info) -> None:
         self.session.__exit__(*exc_info)
@@ -123,10 +159,14 @@ class SolutionSession:
         total = sum(self.seconds.values()) or 1.0
         return {i for i, s in self.seconds.items() if s > EXPENSIVE_SHARE * total}
 
-    def _run(self, cells: list[int], record: bool = False) -> Execution:
-        """Execute cells one by one, each from the random state it had in the fresh run; one Execution for all."""
+    def _run(self, cells: list[int], record: bool = False, restore: set[int] = frozenset()) -> Execution:
+        """Execute cells one by one, each from the random state it had in the fresh run; one Execution for all.
+        Cells in `restore` get the solution's objects back from the snapshot instead of running."""
         total = Execution(cells=len(self.original))
         for i in cells:
+            if i in restore:
+                self.session.run_private(_RESTORE.format(names=self.restorable[i]), timeout_s=300)
+                continue
             self.session.run_private((_SAVE_RNG if record else _LOAD_RNG).format(index=i))
             start = time.monotonic()
             one = self.session.execute([i])
@@ -156,11 +196,14 @@ class SolutionSession:
         for i, src in self.original.items():
             self.nb.cells[i].source = variant if i == index else src
         targets = {name for qid in broken for name in load_lab(self.lab).questions[qid].uses}
-        cells = plan(self.nb, {index} | self.stale, self.expensive, targets)
+        keep = needed_expensive(self.nb, index, self.expensive, targets)
+        cells = dependents(self.nb, {index} | self.stale, skip=frozenset(self.expensive - keep))
+        # an expensive cell that runs only to undo an earlier variant gets its objects back from the snapshot
+        restore = {i for i in cells if i in self.restorable and i not in keep and i != index}
         start = time.monotonic()
-        execution = self._run(cells)
+        execution = self._run(cells, restore=restore)
         ran = time.monotonic()
         result = self.session.result(execution, self.session.grade(execution))
         COSTS.append(VariantCost(self.lab, index, cells, round(ran - start, 2), round(time.monotonic() - ran, 2)))
-        self.stale = _tainted(self.nb, cells, index)
+        self.stale = _tainted(self.nb, cells, index, restore)
         return result, cells
