@@ -30,8 +30,15 @@ from grader.asserts import HIDDEN, CheckFailed, hidden_mode
 from grader.registry import Check, Lab, Question
 
 
-class Status(str, Enum):
-    """How a question ended. A `str` so results compare with and serialise as plain strings."""
+class TextEnum(str, Enum):
+    """An enum whose members are their text: they compare with, print and serialise as plain strings."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(TextEnum):
+    """How a question ended."""
 
     PASSED = "passed"
     FAILED = "failed"
@@ -39,9 +46,6 @@ class Status(str, Enum):
     NOT_IMPLEMENTED = "not_implemented"
     SKIPPED = "skipped"
     TIMEOUT = "timeout"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 STATUSES = tuple(s.value for s in Status)

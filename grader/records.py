@@ -7,16 +7,15 @@ that earlier batches wrote, so their files still load.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
-from grader.grading import Status
+from grader.grading import Status, TextEnum
 from grader.runner import DeathKind
 
 REASON_CHARS = 240
 
 
-class RowStatus(str, Enum):
+class RowStatus(TextEnum):
     """How a submission's grading ended, as the gradebook's status column says it."""
 
     GRADED = "graded"  # ran normally, full marks
@@ -26,9 +25,6 @@ class RowStatus(str, Enum):
     CRASHED = "crashed"
     UNUSABLE = "unusable"
     INTERRUPTED = "interrupted"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def normal(self) -> bool:

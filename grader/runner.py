@@ -20,7 +20,6 @@ import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import nbformat
@@ -32,7 +31,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from grader.cells import cell_names
-from grader.grading import LabResult, QuestionResult, Status, environment
+from grader.grading import LabResult, QuestionResult, Status, TextEnum, environment
 from grader.kernel import grading_cell_source
 from grader.limits import Limits
 from grader.registry import UnknownLab, lab_ids, load_lab
@@ -45,13 +44,10 @@ class UnusableInput(Exception):
     """Input that cannot be graded at all (exit code 2): not a notebook, unknown lab, ..."""
 
 
-class DeathKind(str, Enum):
+class DeathKind(TextEnum):
     MEMORY = "memory"  # the watchdog killed it past the memory cap
     UNRESPONSIVE = "unresponsive"  # a cell timed out and the kernel did not come back after the interrupt
     CRASH = "crash"  # it exited or crashed on its own
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

@@ -24,7 +24,9 @@ LIMITS = Limits(cell_timeout_s=900, total_timeout_s=2400, grading_timeout_s=900)
 def _load_tables() -> tuple[list[tuple], list[tuple]]:
     """Each lab's variants live in tests/bugs/labNN.py, so labs are added without touching this file.
 
-    BUGS: (name, text in the solution, replacement, questions that must lose points[, {"fresh": True}])
+    BUGS: (name, text in the solution, replacement, questions that must lose points[, options]); options:
+      {"retrain": True}: rebuild the trained objects too (a bug in a function the trained model calls when evaluated)
+      {"fresh": True}: grade a fresh kernel's run of the whole variant notebook
     CORRECT: (name, text in the solution, replacement): other valid answers, which must keep full marks.
     """
     bugs, correct = [], []
@@ -115,7 +117,7 @@ def test_buggy_variant_loses_exactly_its_points(lab, bug, old, new, broken, opti
     if options.get("fresh"):
         result = grade_notebook(write_nb(mutate(load(solution_path(lab)), old, new), f"{lab}_bug.ipynb"), limits=LIMITS)
     else:
-        result, _ = sessions.get(lab).grade_variant(old, new, broken)
+        result, _ = sessions.get(lab).grade_variant(old, new, broken, retrain=options.get("retrain", False))
     lost = {q.id for q in result.questions if q.score < q.max_score}
     assert lost == broken, _lost(result)
     for q in result.questions:

@@ -146,8 +146,12 @@ class SolutionSession:
         names = sorted({n for ns in binds.values() for n in ns})
         if self.session.run_private(_SNAPSHOT.format(names=names, path=str(path)), timeout_s=300) is None:
             copied = set(json.loads(path.read_text()))
-            # a cell whose names could not all be copied (or no longer exist) is restored by running it again
-            self.restorable = {i: ns for i, ns in binds.items() if set(ns) <= copied}
+            graded = {name for q in load_lab(self.lab).questions.values() for name in q.uses}
+            # A cell is restored from copies when every name it binds that a question grades was copied (a progress
+            # bar or a figure need not be); otherwise it is restored by running it again.
+            self.restorable = {
+                i: [n for n in ns if n in copied] for i, ns in binds.items() if set(ns) & graded <= copied
+            }
 
     def __exit__(self, *exc_info) -> None:
         self.session.__exit__(*exc_info)
@@ -182,11 +186,15 @@ class SolutionSession:
                 break
         return total
 
-    def grade_variant(self, old: str, new: str, broken: set[str] = frozenset()) -> tuple[LabResult, list[int]]:
+    def grade_variant(
+        self, old: str, new: str, broken: set[str] = frozenset(), retrain: bool = False
+    ) -> tuple[LabResult, list[int]]:
         """Grade the solution with `old` replaced by `new` in exactly one cell, re-running what that changes.
 
         `broken` are the questions the variant is expected to break: their objects are rebuilt even when that
-        means retraining. Returns the result and the cells that ran.
+        means retraining. `retrain` rebuilds every expensive dependent: for a bug in a function that a trained
+        model also calls when it is evaluated (a model trained with the bug learns around it; one trained without
+        it and evaluated with it does not). Returns the result and the cells that ran.
         """
         hits = [i for i, src in self.original.items() if old in src]
         assert len(hits) == 1, f"expected exactly one cell containing {old!r}, found {len(hits)}"
@@ -197,6 +205,8 @@ class SolutionSession:
             self.nb.cells[i].source = variant if i == index else src
         targets = {name for qid in broken for name in load_lab(self.lab).questions[qid].uses}
         keep = needed_expensive(self.nb, index, self.expensive, targets)
+        if retrain:
+            keep = self.expensive & set(dependents(self.nb, {index}))
         cells = dependents(self.nb, {index} | self.stale, skip=frozenset(self.expensive - keep))
         # an expensive cell that runs only to undo an earlier variant gets its objects back from the snapshot
         restore = {i for i in cells if i in self.restorable and i not in keep and i != index}

@@ -1,4 +1,4 @@
-"""Realistic bugs in lab 03: (name, text in the solution, replacement, questions that must lose points)."""
+"""Realistic bugs in lab 03: (name, text in the solution, replacement, questions that must lose points[, options])."""
 
 BUGS = [
     ("attention without the causal mask", "        scores = scores.masked_fill(~allowed, float(\"-inf\"))\n", "",
@@ -16,9 +16,10 @@ BUGS = [
      "return self.weight * (x * torch.rsqrt(x.pow(2).mean() + self.eps))",
      {"rms_norm", "decoder_block", "llama_parity", "trained_transformer"}),
     ("rotate_half with the sign on the wrong half", "return torch.cat((-x2, x1), dim=-1)",
-     "return torch.cat((x2, -x1), dim=-1)", {"rope", "multi_head_attention", "decoder_block", "llama_parity"}),
+     "return torch.cat((x2, -x1), dim=-1)", {"rope", "multi_head_attention", "decoder_block", "llama_parity"},
+     {"retrain": True}),  # the model calls rotate_half when evaluated: trained with the bug, it learns around it
     ("RoPE angles interleaved instead of concatenated", "angles = torch.cat((angles, angles), dim=-1)",
-     "angles = angles.repeat_interleave(2, dim=-1)", {"rope", "llama_parity"}),
+     "angles = angles.repeat_interleave(2, dim=-1)", {"rope", "llama_parity"}, {"retrain": True}),
     ("SwiGLU gate and up projections swapped",
      "return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))",
      "return self.down_proj(self.gate_proj(x) * F.silu(self.up_proj(x)))", {"swiglu", "decoder_block", "llama_parity"}),
