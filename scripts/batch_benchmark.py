@@ -31,11 +31,14 @@ def _solution(lab: str) -> Path:
     return path
 
 
-def make_class(folder: str | Path, lab: str = "01", n: int = 40) -> dict[str, str]:
-    """Write n submissions `studentNN.ipynb` into `folder`; return each student's kind: complete/starter/one_stub."""
+def make_class(
+    folder: str | Path, lab: str = "01", n: int = 40, solution: nbformat.NotebookNode | None = None
+) -> dict[str, str]:
+    """Write n submissions `studentNN.ipynb` into `folder`; return each student's kind: complete/starter/one_stub.
+    `solution` replaces the lab's solution notebook as the class's source (a test's leaner copy of it)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    solution = nbformat.read(_solution(lab), as_version=4)
+    solution = solution if solution is not None else nbformat.read(_solution(lab), as_version=4)
     starter = release_notebook(solution)
     exercises = [i for i, c in enumerate(solution.cells) if c.cell_type == "code" and find_regions(c.source)]
     kinds = {}

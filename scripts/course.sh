@@ -87,9 +87,10 @@ case "$cmd" in
       rest=(--nbval-lax labs/)
     elif [ "${#rest[@]}" -eq 0 ]; then
       # The whole suite: two test processes, one per core, each lab's kernel session kept on one of them
-      # (loadgroup), one thread per kernel (two spinning threads per kernel on 2 cores were 20x slower).
+      # (tests/conftest.py schedules), one thread per kernel (two spinning threads per kernel on 2 cores were 20x
+      # slower).
       export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
-      rest=(-n "${SPECIALIST_LABS_TEST_WORKERS:-2}" --dist loadgroup --durations=15)
+      rest=(-n "${SPECIALIST_LABS_TEST_WORKERS:-2}" --dist load --durations=15)
     fi
     exec "$VENV/bin/python" -m pytest "${rest[@]}" ;;
   *) sed -n '2,10p' "$0"; exit 2 ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,6 +21,14 @@ def solution_path(lab: str) -> Path:
 
 def load(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
+
+
+def lean(path: Path) -> nbformat.NotebookNode:
+    """A notebook without its environment report (lab 00's `grader.doctor` cell, a few seconds of imports): for
+    tests of the grader and the batch, which need a cheap notebook, not the lab."""
+    nb = load(path)
+    nb.cells = [c for c in nb.cells if "from grader.doctor import report" not in c.source]
+    return nb
 
 
 def mutate(nb: nbformat.NotebookNode, old: str, new: str) -> nbformat.NotebookNode:
@@ -84,16 +93,51 @@ def _session_lab(item) -> str | None:
     return lab if isinstance(lab, str) else None  # an empty parametrize gives a placeholder, not a lab
 
 
+def _lab_cost(lab: str) -> float:
+    """A lab's stated quiet run time: its session's share of the suite, for ordering (docs/lab-timings.json)."""
+    from grader.timings import load_reference
+
+    labs = load_reference().labs
+    return labs[lab].cpu_s if lab in labs else 0.0
+
+
 def pytest_collection_modifyitems(config, items):
-    """One lab's session tests run back to back, in one process (pytest-xdist's loadgroup), solution first."""
-    slots = [i for i, item in enumerate(items) if _session_lab(item) is not None]
-    ordered = sorted(
-        (items[i] for i in slots),
-        key=lambda item: (_session_lab(item), "solution" not in item.name),
-    )
-    for i, item in zip(slots, ordered, strict=True):
-        item.add_marker(pytest.mark.xdist_group(f"lab{_session_lab(item)}"))
-        items[i] = item
+    """Longest first, so the two test processes finish together: the labs' solution sessions (each one lab's tests
+    back to back, solution first; see pytest_xdist_make_scheduler) by the lab's run time, then the other tests that
+    start kernels, then the rest, each group in file order."""
+
+    def rank(pair: tuple[int, pytest.Item]) -> tuple:
+        position, item = pair
+        lab = _session_lab(item)
+        if lab is not None:
+            return (0, -_lab_cost(lab), lab, "solution" not in item.name, position)
+        return (1 if item.get_closest_marker("notebook") else 2, position)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
+
+
+_SESSION_NODEID = re.compile(r"tests/test_labs\.py::\w+\[(\d\d)[-\]]")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """One lab's session tests go to one test process, in order, so its solution runs once there (xdist's
+    `xdist_group` mark cannot do this under pytest 9.2: it renames node ids through an attribute pytest no longer
+    reads). Every other test is a unit of its own. Units go out in collection order: longest first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") not in ("load", "loadgroup", "loadscope"):
+        return None  # each/loadfile/worksteal asked for by hand: xdist's own
+
+    class LabSessions(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep the order pytest_collection_modifyitems chose
+
+        def _split_scope(self, nodeid: str) -> str:
+            match = _SESSION_NODEID.match(nodeid)
+            return f"lab{match.group(1)}" if match else nodeid
+
+    return LabSessions(config, log)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import LABS, add_cell, load, mutate, save, solution_path
+from conftest import LABS, add_cell, lean, mutate, save, solution_path
 
 import grader.sandbox
 from grader.batch import BatchOptions, run_batch
@@ -28,13 +28,6 @@ from grader.submissions import discover, review_flags
 # The memory cap stays low, since the suite shares its machine.
 LIMITS = Limits(memory_mb=3000)
 LIMIT_ARGS = ["--memory-mb", "3000"]
-
-
-def lean(path):
-    """Lab 00 without its environment report, which imports every library of the course (slow, irrelevant here)."""
-    nb = load(path)
-    nb.cells = [c for c in nb.cells if "from grader.doctor import report" not in c.source]
-    return nb
 
 
 SOLUTION = lean(solution_path("00"))

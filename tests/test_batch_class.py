@@ -1,14 +1,14 @@
 """A class-sized batch: 40 lab-00 submissions at two workers, every row right (a few minutes on 2 cores).
 
-Lab 00, the cheapest notebook: what is tested is the batch (a row for each, right statuses, the same notebook graded
-the same), not the lab, which tests/test_labs.py covers."""
+Lab 00, the cheapest notebook, without its environment report: what is tested is the batch (a row for each, right
+statuses, the same notebook graded the same), not the lab, which tests/test_labs.py covers."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, lean, solution_path
 
 from grader.gradebook import read_gradebook
 from grader.registry import load_lab
@@ -19,7 +19,7 @@ from batch_benchmark import grade_class, make_class  # noqa: E402
 
 @pytest.mark.notebook
 def test_forty_submissions_all_graded_correctly(tmp_path):
-    kinds = make_class(tmp_path / "subs", "00", 40)
+    kinds = make_class(tmp_path / "subs", "00", 40, solution=lean(solution_path("00")))
     records, wall = grade_class(tmp_path / "subs", "00", 2, tmp_path / "out" / "gradebook.csv")
     print(f"40 submissions in {wall:.1f} s: {60 * 40 / wall:.2f} per minute at 2 workers")
 

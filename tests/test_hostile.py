@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import LABS, add_cell, load, save, solution_path
+from conftest import LABS, add_cell, lean, save, solution_path
 
 import grader
 from grader.batch import BatchOptions, default_hidden, run_batch
@@ -145,12 +145,7 @@ def _renamed(nb, old: str, new: str):
     return nb
 
 
-def _lean(path):
-    """The notebook without its environment report, which imports every library the course uses (slow, irrelevant)."""
-    return _without_cell(load(path), "from grader.doctor import report")
-
-
-SOLUTION, STARTER = _lean(solution_path("00")), _lean(LABS / "00_setup.ipynb")
+SOLUTION, STARTER = lean(solution_path("00")), lean(LABS / "00_setup.ipynb")
 
 
 def hostile_notebooks() -> dict[str, object]:

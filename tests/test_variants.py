@@ -56,3 +56,27 @@ def test_only_cells_that_hold_the_variants_state_are_restored_next_time():
     nb = _nb("def f():\n    return 1", "a = f()", "b = 2", "c = b + 1")
     # the variant changed cell 1; cells 3-4 ran only to restore an earlier variant's state
     assert _tainted(nb, [1, 2, 3, 4], changed=1) == {1, 2}
+
+
+def test_each_labs_session_tests_form_one_scheduling_unit():
+    """The two test processes: one lab's session tests go to one of them (its solution then runs once)."""
+    import types
+
+    import conftest
+
+    config = types.SimpleNamespace(
+        getvalue=lambda name: "load", option=types.SimpleNamespace(loadscopereorder=True, maxschedchunk=None)
+    )
+    sched = conftest.pytest_xdist_make_scheduler(config, None)
+    scope = sched._split_scope
+    assert config.option.loadscopereorder is False  # the order chosen at collection stands
+    ids = [
+        "tests/test_labs.py::test_solution_scores_full_marks_and_runs_clean[03]",
+        "tests/test_labs.py::test_buggy_variant_loses_exactly_its_points[03-softmax over the queries]",
+        "tests/test_labs.py::test_correct_variant_keeps_full_marks[03-attention via einsum]",
+        "tests/test_labs.py::test_learner_notebook_runs_to_the_end_and_scores_zero[03]",
+    ]
+    assert {scope(i) for i in ids} == {"lab03"}
+    assert scope("tests/test_labs.py::test_solution_scores_full_marks_and_runs_clean[04]") == "lab04"
+    other = "tests/test_batch.py::test_regrade[03]"
+    assert scope(other) == other  # everything else is a unit of its own
