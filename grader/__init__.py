@@ -14,13 +14,30 @@ __all__ = ["check", "check_all", "__version__"]
 
 def _run_public(pairs, namespace: dict) -> list:
     from grader.feedback import show
-    from grader.grading import run_question, session_fixtures
+    from grader.grading import Status, run_question, session_fixtures, with_upstream
 
-    results = [run_question(q, namespace, False, session_fixtures(lab)) for lab, q in pairs]
+    results = []
+    for lab, q in pairs:
+        result = run_question(q, namespace, False, session_fixtures(lab))
+        if result.status in (Status.FAILED, Status.ERROR):  # is an earlier question the cause?
+            result = with_upstream(result, q, _failing_upstream(q, namespace))
+        results.append(result)
     hidden = sum(1 for _, q in pairs for c in q.checks if c.hidden)
     note = f"{hidden} hidden check(s) also run at grading time." if hidden else ""
     show(results, note)
     return results
+
+
+def _failing_upstream(q, namespace: dict) -> list[str]:
+    """The questions `q` builds on whose public checks do not pass now (run only when `q` itself builds on some)."""
+    from grader.grading import Status, run_question, session_fixtures
+
+    if not q.builds_on:
+        return []
+    lab = q.lab
+    return [u for u in lab.upstream(q.id)
+            if run_question(lab.questions[u], namespace, False, session_fixtures(lab)).status
+            not in (Status.PASSED, Status.SKIPPED)]
 
 
 def check(question: str | Callable, namespace: dict | None = None) -> None:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -335,13 +335,41 @@ def _no_secrets() -> Iterator[list[str]]:
     yield []
 
 
+def upstream_note(q: Question, failing: Iterable[str]) -> str:
+    """A sentence naming the earliest failing questions `q` builds on, or "". The earliest: a failing question that
+    itself builds on another failing one is left out, so the learner is sent to the root cause."""
+    if q.lab is None:
+        return ""
+    bad = [u for u in q.lab.upstream(q.id) if u in set(failing)]
+    roots = [u for u in bad if not set(q.lab.upstream(u)) & set(bad)]
+    if not roots:
+        return ""
+    names = " and ".join(f"`{r}`" for r in roots)
+    return (f"This builds on {names}, which did not pass: fix {'that' if len(roots) == 1 else 'those'} first; "
+            "this question may pass once it does.\n")
+
+
+_DOWNSTREAM = (Status.FAILED, Status.ERROR)  # a question whose own checks ran and did not pass
+_UPSTREAM = (Status.FAILED, Status.ERROR, Status.NOT_IMPLEMENTED)
+
+
+def with_upstream(result: QuestionResult, q: Question, failing: Iterable[str]) -> QuestionResult:
+    """The result, its feedback led by upstream_note when the question failed."""
+    if result.status in _DOWNSTREAM:
+        result.feedback = upstream_note(q, failing) + result.feedback
+    return result
+
+
 def grade_lab(lab: Lab, namespace: Mapping[str, Any], include_hidden: bool = True) -> Iterator[QuestionResult]:
     """Every question of a lab in order, sharing one set of fixtures (built once for the whole run)."""
     fixtures = Fixtures(lab)
+    failing: list[str] = []
     for q in lab.questions.values():
         start = time.monotonic()
-        result = run_question(q, namespace, include_hidden, fixtures)
+        result = with_upstream(run_question(q, namespace, include_hidden, fixtures), q, failing)
         result.duration_s = round(time.monotonic() - start, 3)
+        if result.status in _UPSTREAM:
+            failing.append(q.id)
         yield result
 
 

@@ -47,6 +47,9 @@ class Question:
     title: str
     uses: tuple[str, ...]
     device: str = "any"
+    # Earlier questions whose objects this one calls (a block calls attention): when both fail, the feedback of this
+    # one names the earlier one to fix first, since one root cause fails everything built on it.
+    builds_on: tuple[str, ...] = ()
     checks: list[Check] = field(default_factory=list)
     lab: Lab | None = field(default=None, repr=False, compare=False)
 
@@ -100,13 +103,23 @@ class Lab:
         return fn
 
     def question(
-        self, id: str, points: float, uses: tuple[str, ...], title: str, device: str = "any"
+        self,
+        id: str,
+        points: float,
+        uses: tuple[str, ...],
+        title: str,
+        device: str = "any",
+        builds_on: tuple[str, ...] = (),
     ) -> Question:
         if id in self.questions:
             raise ValueError(f"lab {self.id}: question '{id}' declared twice")
         if device not in DEVICES:
             raise ValueError(f"lab {self.id}: question '{id}' has unknown device '{device}'")
-        q = Question(id=id, points=points, title=title, uses=tuple(uses), device=device, lab=self)
+        unknown = [b for b in builds_on if b not in self.questions]
+        if unknown:
+            raise ValueError(f"lab {self.id}: question '{id}' builds on {unknown}, not declared before it")
+        q = Question(id=id, points=points, title=title, uses=tuple(uses), device=device, builds_on=tuple(builds_on),
+                     lab=self)
         self.questions[id] = q
         return q
 
@@ -119,6 +132,17 @@ class Lab:
             unused = [name for name in q.uses if name not in asked]
             if unused:
                 raise TypeError(f"lab {self.id}: question '{q.id}' uses {unused}, but no check asks for them")
+
+    def upstream(self, question_id: str) -> list[str]:
+        """Every question `question_id` builds on, directly or through others, in declaration order."""
+        seen: set[str] = set()
+        stack = list(self.questions[question_id].builds_on)
+        while stack:
+            qid = stack.pop()
+            if qid not in seen:
+                seen.add(qid)
+                stack.extend(self.questions[qid].builds_on)
+        return [qid for qid in self.questions if qid in seen]
 
     @property
     def max_score(self) -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -54,6 +53,7 @@ from transformers import (
 )
 
 from labkit import world
+from labkit.lm import cosine_lr, heldout_nats
 
 __all__ = ["RECIPES", "Recipe", "base_model_path", "cache_dir", "cache_problem", "heldout_loss", "load_base_model",
            "model_info"]
@@ -303,14 +303,6 @@ def _new_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> LlamaForCa
     return model
 
 
-def _lr_at(step: int, r: Recipe) -> float:
-    """Linear warm-up to r.lr, then cosine decay to r.min_lr at the last step."""
-    if step < r.warmup_steps:
-        return r.lr * (step + 1) / r.warmup_steps
-    progress = (step - r.warmup_steps) / max(1, r.steps - 1 - r.warmup_steps)
-    return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * progress))
-
-
 def _pretrain(model: LlamaForCausalLM, stream: torch.Tensor, r: Recipe, desc: str) -> dict:
     """nanoGPT-style loop: random windows of the token stream, next-token cross-entropy."""
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; norm gains don't
@@ -330,7 +322,7 @@ def _pretrain(model: LlamaForCausalLM, stream: torch.Tensor, r: Recipe, desc: st
         logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, r)
+            group["lr"] = cosine_lr(step, r.lr, r.min_lr, r.warmup_steps, r.steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
@@ -358,21 +350,7 @@ def heldout_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r: 
     docs = _documents(r.heldout_chars, r.heldout_seed)
     text = "".join(docs)
     stream = _token_stream(tokenizer, docs)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    c = r.context
-    n_full = (len(stream) - 1) // c
-    batches = list(zip(stream[: n_full * c].view(n_full, c).split(batch_size),
-                       stream[1 : n_full * c + 1].view(n_full, c).split(batch_size), strict=True))
-    if (len(stream) - 1) % c:  # the last, shorter window
-        batches.append((stream[n_full * c : -1][None], stream[n_full * c + 1 :][None]))
-    nats, tokens = 0.0, 0
-    for x, y in batches:
-        logits = model(input_ids=x.to(device)).logits.float()
-        nats += F.cross_entropy(logits.flatten(0, 1), y.flatten().to(device), reduction="sum").item()
-        tokens += y.numel()
-    model.train(was_training)
+    nats, tokens = heldout_nats(model, stream, r.context, batch_size)
     return {
         "seed": r.heldout_seed,
         "chars": len(text),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grader import check, check_all
+from grader import _run_public, check, check_all
 from grader.asserts import (
     CheckFailed,
     assert_artifact,
@@ -20,7 +20,7 @@ from grader.asserts import (
 from grader.asserts import check as check_that
 from grader.cli import main as cli_main
 from grader.feedback import render_html, render_text
-from grader.grading import Fixtures, redact, run_question
+from grader.grading import Fixtures, grade_lab, redact, run_question
 from grader.registry import Lab, find_question, lab_ids, load_lab
 
 # --- assertions ------------------------------------------------------------------------------------------------
@@ -172,6 +172,35 @@ def test_registry_rejects_duplicates_and_bad_devices():
         lab.question("a", 1, ("a",), "again")
     with pytest.raises(ValueError):
         lab.question("b", 1, ("b",), "b", device="tpu")
+
+
+def _chain_lab() -> Lab:
+    """a <- b <- c, and d on a: each question's check fails when its function returns False."""
+    lab = Lab("97", "chain")
+    for qid, on in (("a", ()), ("b", ("a",)), ("c", ("b",)), ("d", ("a",)), ("e", ())):
+        q = lab.question(qid, 1, (qid,), qid, builds_on=on)
+        q.check(eval(f"lambda {qid}: check_that({qid}(), 'wrong')", {"check_that": check_that}))
+    return lab
+
+
+def test_a_failure_names_the_earliest_failed_question_it_builds_on(capsys):
+    with pytest.raises(ValueError, match="not declared before it"):
+        Lab("96", "x").question("z", 1, ("z",), "z", builds_on=("y",))
+    lab = _chain_lab()
+    assert lab.upstream("c") == ["a", "b"] and lab.upstream("e") == []
+    ns = {"a": lambda: False, "b": lambda: False, "c": lambda: False, "d": lambda: True, "e": lambda: False}
+    results = {r.id: r for r in grade_lab(lab, ns)}
+    assert results["b"].feedback.startswith("This builds on `a`, which did not pass")
+    assert results["c"].feedback.startswith("This builds on `a`,")  # the root, not b, which fails because of a
+    assert "`b`" not in results["c"].feedback.splitlines()[0]
+    assert results["d"].status == "passed" and "builds on" not in results["e"].feedback + results["a"].feedback
+    ns["a"] = lambda: True  # a fixed: b's own failure is b's
+    results = {r.id: r for r in grade_lab(lab, ns)}
+    assert "builds on" not in results["b"].feedback and results["c"].feedback.startswith("This builds on `b`,")
+    # in a notebook, check("c") runs the public checks of what c builds on to find the cause
+    ns["a"] = lambda: False
+    _run_public([(lab, lab.questions["c"])], ns)
+    assert "This builds on `a`, which did not pass" in capsys.readouterr().out
 
 
 def test_labs_are_discovered_and_questions_found():

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 import labkit
-from labkit.lm import mean_loss, random_batch, windows
+from labkit.lm import (
+    cosine_lr,
+    heldout_loss,
+    heldout_nats,
+    mean_loss,
+    random_batch,
+    sequence_batch,
+    sequence_loss,
+    windows,
+)
 from labkit.plots import bars, heatmap, loss_curve
 
 matplotlib.use("Agg")
@@ -90,6 +99,45 @@ def test_windows_batches_and_mean_loss():
             return torch.zeros(len(x), 20)
 
     assert abs(mean_loss(Uniform(), ids, 4) - np.log(20)) < 1e-6
+
+
+class _Echo(torch.nn.Module):
+    """A sequence model that puts all its probability on "the next id is this id + 1", with dropout on its logits
+    so that a forward pass in training mode is visibly different."""
+
+    def __init__(self, vocab: int = 50):
+        super().__init__()
+        self.vocab, self.scale = vocab, torch.nn.Parameter(torch.tensor(30.0))
+        self.drop = torch.nn.Dropout(0.5)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return self.drop(self.scale * torch.nn.functional.one_hot((x + 1) % self.vocab, self.vocab).float())
+
+
+def test_sequence_batch_loss_and_schedule():
+    ids = torch.arange(100, 150)
+    x, y = sequence_batch(ids, 8, 4, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 8) and torch.equal(y, x + 1)
+    starts = {int(sequence_batch(torch.arange(10), 8, 1, torch.Generator().manual_seed(s))[0][0, 0]) for s in range(40)}
+    assert starts == {0, 1}  # every valid start, and none past the end
+    logits, targets = torch.randn(2, 3, 5, dtype=torch.bfloat16), torch.tensor([[1, 2, -100], [0, 4, 3]])
+    got = sequence_loss(logits, targets)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, torch.nn.functional.cross_entropy(logits.float().view(6, 5), targets.view(6)))
+    lrs = [cosine_lr(s, 1.0, 0.1, 10, 110) for s in range(120)]
+    assert lrs[0] == 0.1 and lrs[9] == 1.0 and abs(lrs[109] - 0.1) < 1e-12 and lrs[115] == 0.1
+    assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))  # never rises after the warm-up
+
+
+def test_heldout_loss_predicts_every_id_but_the_first_once_in_eval_mode():
+    model = _Echo().train()
+    ids = torch.arange(45) % 50
+    nats, tokens = heldout_nats(model, ids, block_size=8, batch_size=2)
+    assert tokens == 44 and nats < 1e-6  # dropout off: a perfect model; the 4 left after 5 windows counted too
+    assert model.seen == [(2, 8), (2, 8), (1, 8), (1, 4)] and model.training  # batches, tail, mode restored
+    assert heldout_loss(model.eval(), ids, 8) < 1e-6 and not model.training
 
 
 def test_plots_return_figures():

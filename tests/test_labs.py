@@ -77,6 +77,20 @@ def _lost(result) -> dict:
     return {q.id: (q.status, q.feedback) for q in result.questions if q.status != "passed"}
 
 
+def _assert_upstream_named(lab: str, result) -> None:
+    """One root cause, one place to look: a failed question names the earliest failed question it builds on."""
+    registry = load_lab(lab)
+    failed = {q.id for q in result.questions if q.status in ("failed", "error", "not_implemented")}
+    for q in result.questions:
+        if q.status not in ("failed", "error"):
+            continue
+        roots = [u for u in registry.upstream(q.id) if u in failed and not set(registry.upstream(u)) & failed]
+        for root in roots:
+            assert f"`{root}`" in q.feedback.split("\n")[0], (q.id, root, q.feedback)
+        if not roots:
+            assert "builds on" not in q.feedback, (q.id, q.feedback)
+
+
 def _assert_no_hidden_value_shown(result) -> None:
     """Whoever wrote a hidden check, the expected values its failure carried never reach the learner."""
     for q in result.questions:
@@ -124,6 +138,7 @@ def test_buggy_variant_loses_exactly_its_points(lab, bug, old, new, broken, opti
         if q.id in broken:
             assert q.status == "failed", (q.id, q.status, q.feedback)
             assert q.feedback.strip(), "a failure must say why"
+    _assert_upstream_named(lab, result)
     _assert_no_hidden_value_shown(result)
 
 

@@ -484,7 +484,8 @@ def _train_step_adamw(train_step, MLPLM):
 
 
 # --- trained_lm ----------------------------------------------------------------------------------------------
-q = LAB.question("trained_lm", points=3, uses=("model",), title="Your trained model on held-out text")
+q = LAB.question("trained_lm", points=3, uses=("model",), title="Your trained model on held-out text",
+                 builds_on=("mlp_forward", "train_step"))
 
 
 @q.check

@@ -161,7 +161,8 @@ def _merge_random(merge_pair):
 
 
 # --- train_bpe -----------------------------------------------------------------------------------------------
-q = LAB.question("bpe_train", points=3, uses=("train_bpe",), title="Learn BPE merges, ties broken exactly")
+q = LAB.question("bpe_train", points=3, uses=("train_bpe",), title="Learn BPE merges, ties broken exactly",
+                 builds_on=("bpe_merge",))
 
 _TRAIN_HINT = ("count pairs over every position of every chunk, weighted by the chunk's count; pick the largest count, "
                "ties -> smallest (id_a, id_b), e.g. min(counts, key=lambda p: (-counts[p], p))")
@@ -238,7 +239,8 @@ def _encode_hidden(BPETokenizer):
 
 
 # --- decode and the round trip -------------------------------------------------------------------------------
-q = LAB.question("bpe_roundtrip", points=2, uses=("BPETokenizer",), title="decode(encode(text)) == text")
+q = LAB.question("bpe_roundtrip", points=2, uses=("BPETokenizer",), title="decode(encode(text)) == text",
+                 builds_on=("bpe_encode",))
 
 
 def _roundtrip(tok, lib: Tokenizer, texts: list[str]) -> None:
@@ -274,7 +276,8 @@ def _roundtrip_hidden(BPETokenizer):
 
 
 # --- special tokens ------------------------------------------------------------------------------------------
-q = LAB.question("bpe_special_tokens", points=2, uses=("BPETokenizer",), title="Special tokens are one token each")
+q = LAB.question("bpe_special_tokens", points=2, uses=("BPETokenizer",), title="Special tokens are one token each",
+                 builds_on=("bpe_encode",))
 
 _SPECIAL_HINT = ("split the text around special tokens first (re.split with a capturing group of re.escape'd "
                  "specials), emit their ids, and run BPE only on the text in between")
@@ -333,7 +336,8 @@ def _specials_hidden(BPETokenizer):
 
 
 # --- compression of the trained tokenizer --------------------------------------------------------------------
-q = LAB.question("bpe_compression", points=2, uses=("tok",), title="Your tokenizer compresses like the library's")
+q = LAB.question("bpe_compression", points=2, uses=("tok",), title="Your tokenizer compresses like the library's",
+                 builds_on=("bpe_train", "bpe_encode"))
 
 
 @q.check

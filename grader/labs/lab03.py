@@ -26,6 +26,7 @@ from transformers.models.llama.modeling_llama import (
 from grader.asserts import CheckFailed, assert_below, assert_close, assert_shape, assert_type, check
 from grader.registry import Lab
 from labkit import world
+from labkit.lm import heldout_loss
 
 LAB = Lab("03", "A transformer from scratch")
 HELD_OUT_SEED = 9003  # the notebook trains on seed 0 and validates on seed 1
@@ -213,7 +214,8 @@ def _swiglu_bigger(MLP):
 
 
 # --- multi_head_attention ------------------------------------------------------------------------------------
-q = LAB.question("multi_head_attention", points=3, uses=("Attention",), title="Multi-head attention with RoPE")
+q = LAB.question("multi_head_attention", points=3, uses=("Attention",), title="Multi-head attention with RoPE",
+                 builds_on=("sdpa", "rope"))
 
 
 def _check_mha(Attention, d_model: int, heads: int, batch: int, t: int, seed: int) -> None:
@@ -246,7 +248,8 @@ def _mha_other_shape(Attention):
 
 
 # --- decoder_block -------------------------------------------------------------------------------------------
-q = LAB.question("decoder_block", points=2, uses=("DecoderBlock",), title="The pre-norm decoder block")
+q = LAB.question("decoder_block", points=2, uses=("DecoderBlock",), title="The pre-norm decoder block",
+                 builds_on=("rms_norm", "swiglu", "multi_head_attention"))
 
 
 def _check_block(DecoderBlock, d_model: int, heads: int, d_ff: int, eps: float, t: int, seed: int) -> None:
@@ -274,7 +277,8 @@ def _block_other_shape(DecoderBlock):
 
 
 # --- llama_parity --------------------------------------------------------------------------------------------
-q = LAB.question("llama_parity", points=4, uses=("LlamaLM",), title="Parity with transformers' LlamaForCausalLM")
+q = LAB.question("llama_parity", points=4, uses=("LlamaLM",), title="Parity with transformers' LlamaForCausalLM",
+                 builds_on=("decoder_block",))
 
 
 def _check_parity(LlamaLM, config: LlamaConfig, batch: int, t: int, seed: int, device) -> None:
@@ -311,17 +315,8 @@ def _parity_other_config(LlamaLM, ctx):
 
 
 # --- trained_transformer -------------------------------------------------------------------------------------
-q = LAB.question("trained_transformer", points=3, uses=("model",), title="Your trained transformer on held-out text")
-
-
-@torch.no_grad()
-def _heldout_loss(model: torch.nn.Module, ids: torch.Tensor, context: int, batch_size: int = 64) -> float:
-    n = (len(ids) - 1) // context
-    x, y = ids[: n * context].view(n, context), ids[1 : n * context + 1].view(n, context)
-    total = 0.0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-        total += F.cross_entropy(model(xb).float().flatten(0, 1), yb.flatten(), reduction="sum").item()
-    return total / y.numel()
+q = LAB.question("trained_transformer", points=3, uses=("model",), title="Your trained transformer on held-out text",
+                 builds_on=("llama_parity",))
 
 
 @q.check
@@ -343,6 +338,6 @@ def _trained(model, ctx):
     assert_close(b[:, :half], a[:, :half], f"the logits at positions 0..{half - 1} after changing the characters "
                  f"from position {half} on (they must not change)", rtol=1e-4, atol=1e-4,
                  hint="your model sees the future: check the causal mask, the head split and the norm's mean")
-    loss = _heldout_loss(m, ids, context)
+    loss = heldout_loss(m, ids, context)
     assert_below(loss, LOSS_THRESHOLD, "held-out loss (nats/char, on text the grader generated)",
                  hint="train for the full number of steps with the given learning-rate schedule")

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from grader.asserts import assert_below, assert_close, assert_shape, assert_type, check
 from grader.registry import Lab
 from labkit import world
+from labkit.lm import cosine_lr, heldout_loss, sequence_batch
 
 LAB = Lab("04", "Pretraining a small language model")
 HELD_OUT_SEED = 9004  # the notebook trains on seed 0 and validates on seed 1
@@ -29,10 +30,7 @@ VOCAB = world.CharTokenizer().vocab_size
 q = LAB.question("get_batch", points=2, uses=("get_batch",), title="Batches of random windows")
 
 
-def _ref_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator):
-    starts = torch.randint(0, len(ids) - block_size, (batch_size,), generator=generator)
-    window = ids[starts[:, None] + torch.arange(block_size + 1)]
-    return window[:, :-1], window[:, 1:]
+_ref_batch = sequence_batch  # the lab's definition is labkit's
 
 
 @q.check
@@ -76,13 +74,7 @@ def _batch_edges(get_batch):
 q = LAB.question("lr_schedule", points=2, uses=("lr_at",), title="Warm-up and cosine decay")
 
 
-def _ref_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    if step >= total_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, total_steps - 1 - warmup_steps)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+_ref_lr = cosine_lr  # the lab's definition is labkit's
 
 
 def _compare_schedule(lr_at, max_lr: float, min_lr: float, warmup: int, total: int) -> None:
@@ -171,21 +163,11 @@ def _tiny_llama(seed: int, dropout: float = 0.0, block: int = 16) -> LlamaForCau
         return LlamaForCausalLM(config)
 
 
-@torch.no_grad()
 def _ref_evaluate(model, ids: torch.Tensor, block_size: int, batch_size: int = 64) -> float:
-    """Mean next-token loss per token over consecutive windows (the lab's definition), on the model's device."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    """The lab's definition: consecutive windows, the incomplete tail dropped. That is labkit's held-out loss on
+    ids cut after the last whole window."""
     n = (len(ids) - 1) // block_size
-    x = ids[: n * block_size].view(n, block_size)
-    y = ids[1 : n * block_size + 1].view(n, block_size)
-    total = 0.0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-        logits = model(input_ids=xb.to(device)).logits
-        total += F.cross_entropy(logits.flatten(0, 1).float(), yb.to(device).flatten(), reduction="sum").item()
-    model.train(was_training)
-    return total / (n * block_size)
+    return heldout_loss(model, ids[: n * block_size + 1], block_size, batch_size)
 
 
 def _peaky_model(seed: int) -> LlamaForCausalLM:
@@ -348,7 +330,8 @@ def _resume_hidden(save_checkpoint, load_checkpoint):
 
 
 # --- pretrained_lm -------------------------------------------------------------------------------------------
-q = LAB.question("pretrained_lm", points=3, uses=("lm",), title="Your pretrained model on held-out text")
+q = LAB.question("pretrained_lm", points=3, uses=("lm",), title="Your pretrained model on held-out text",
+                 builds_on=("get_batch", "lr_schedule", "clip_grad"))
 
 
 @q.check
@@ -357,7 +340,7 @@ def _pretrained(lm):
           f"`lm` should be your trained LlamaForCausalLM; got a {type(lm).__name__}.")
     block = min(64, int(getattr(lm.config, "max_position_embeddings", 64)))
     ids = torch.tensor(world.CharTokenizer().encode(world.corpus(20_000, seed=HELD_OUT_SEED)))
-    loss = _ref_evaluate(lm, ids, block)
+    loss = heldout_loss(lm, ids, block)
     assert_below(loss, LOSS_THRESHOLD, "held-out loss (nats/char, on text the grader generated)",
                  hint="train for all the steps of the lab; check the loss curve for a loop that does not learn "
                       "(targets not shifted, learning rate 0). Lab 01's MLP gets ~0.55")

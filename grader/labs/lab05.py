@@ -27,6 +27,7 @@ from transformers.pipelines import TextGenerationPipeline
 from grader.asserts import assert_above, assert_below, assert_close, assert_equal, assert_type, check
 from grader.registry import Lab
 from labkit import world, zoo
+from labkit.lm import heldout_nats
 
 LAB = Lab("05", "Your model in the Hugging Face ecosystem")
 HELD_OUT_SEED = 9005  # the notebook uses corpus seed 1 and task seeds 0 and 1
@@ -444,13 +445,14 @@ def _dataset_other(make_lm_dataset, base):
 
 # --- hf_continued_pretraining --------------------------------------------------------------------------------
 q = LAB.question("hf_continued_pretraining", points=2, uses=("trainer",),
-                 title="The model after continued pretraining, on held-out task text")
+                 title="The model after continued pretraining, on held-out task text", builds_on=("hf_trainer",))
 
 
 def _task_nats_per_char(model, tokenizer) -> float:
     """Loss per character of held-out task documents; per character, so any tokenizer compares fairly."""
     docs = [world.format_example(ex) for ex in world.task_examples("test", 200, seed=HELD_OUT_SEED)]
-    return _nll(model, tokenizer, _join(tokenizer, docs))[0] / sum(len(d) for d in docs)
+    ids = torch.tensor(tokenizer(_join(tokenizer, docs), verbose=False)["input_ids"])
+    return heldout_nats(model, ids, 128)[0] / sum(len(d) for d in docs)
 
 
 @q.check
