@@ -212,6 +212,12 @@ def corpus(n_chars: int, seed: int = 0) -> str:
     return _generate(n_chars, seed)[0][:n_chars]
 
 
+def documents(n_chars: int, seed: int = 0) -> list[str]:
+    """The whole documents (each ends with "\\n") in corpus(n_chars, seed); the one cut at n_chars is dropped."""
+    docs = corpus(n_chars, seed).splitlines(keepends=True)
+    return docs if not docs or docs[-1].endswith("\n") else docs[:-1]
+
+
 def entropy_floor(seed: int = 0, n_chars: int = 200_000) -> float:
     """The corpus' true entropy in nats per character: the best loss any model can reach.
 

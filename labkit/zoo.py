@@ -40,7 +40,7 @@ import tokenizers
 import torch
 import torch.nn.functional as F
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import processors
 from tqdm import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -53,6 +53,7 @@ from transformers import (
 )
 
 from labkit import world
+from labkit.bpe import byte_level_bpe
 from labkit.lm import cosine_lr, heldout_nats
 
 __all__ = ["RECIPES", "Recipe", "base_model_path", "cache_dir", "cache_problem", "heldout_loss", "load_base_model",
@@ -240,27 +241,9 @@ def load_base_model(
 # --------------------------------------------------------------------------------------------
 
 
-def _documents(n_chars: int, seed: int) -> list[str]:
-    """Whole corpus documents (each ends with "\\n"); the one cut at n_chars is dropped."""
-    docs = world.corpus(n_chars, seed).splitlines(keepends=True)
-    return docs if not docs or docs[-1].endswith("\n") else docs[:-1]
-
-
 def _train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
     """Byte-level BPE (any text encodes, losslessly) with every digit its own token, for numbers and dates."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=recipe.vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_documents(recipe.tokenizer_chars, recipe.seed), trainer)
+    tok = byte_level_bpe(world.documents(recipe.tokenizer_chars, recipe.seed), recipe.vocab_size, SPECIAL_TOKENS)
     tok.post_processor = processors.TemplateProcessing(  # prepend <bos>, as at every pretraining document
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
@@ -347,7 +330,7 @@ def heldout_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r: 
     world.entropy_floor() and the unigram entropy whatever the tokenizer. (The <bos>/<eos> tokens
     cost next to nothing: each follows "\n" or <eos> without fail.)
     """
-    docs = _documents(r.heldout_chars, r.heldout_seed)
+    docs = world.documents(r.heldout_chars, r.heldout_seed)
     text = "".join(docs)
     stream = _token_stream(tokenizer, docs)
     nats, tokens = heldout_nats(model, stream, r.context, batch_size)
@@ -366,7 +349,7 @@ def _build(name: str, recipe: Recipe, out: Path) -> dict:
     """Train tokenizer and model from scratch, measure, and save both plus labkit.json into `out`."""
     start = time.perf_counter()
     tokenizer = _train_tokenizer(recipe)
-    stream = _token_stream(tokenizer, _documents(recipe.train_chars, recipe.seed))
+    stream = _token_stream(tokenizer, world.documents(recipe.train_chars, recipe.seed))
     model = _new_model(recipe, tokenizer)
     train = _pretrain(model, stream, recipe, desc=f"pretraining {name}")
     held = heldout_loss(model, tokenizer, recipe)

@@ -8,6 +8,7 @@ determinism and locking are tested on TINY, a recipe that builds in about a seco
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def test_heldout_loss_is_far_below_unigram_and_honest(real, real_model):
     """The stored loss is re-measured on the loaded model, and beats a context-free model by a wide margin."""
     held = zoo.model_info(NAME)["heldout"]
     recipe = zoo.RECIPES[NAME]
-    text = "".join(zoo._documents(recipe.heldout_chars, recipe.heldout_seed))
+    text = "".join(world.documents(recipe.heldout_chars, recipe.heldout_seed))
     unigram = world.unigram_entropy(text)  # ~3.18 nats/char
     floor = world.entropy_floor(seed=recipe.heldout_seed, n_chars=recipe.heldout_chars)  # ~0.27 nats/char
     assert held["unigram_nats_per_char"] == pytest.approx(unigram)
@@ -343,3 +344,14 @@ def test_hub_rejects_a_lab_id_without_a_number(monkeypatch):
     monkeypatch.setenv(hub.ENV_VAR, NOT_CACHED)
     with pytest.raises(ValueError, match="lab id"):
         hub.load_model_for_lab("lora")
+
+
+def test_lab02_trains_the_base_models_tokenizer_with_its_recipe():
+    """Lab 02 shows byte-level tokens by training the base model's tokenizer again: same function, same numbers."""
+    import nbformat
+
+    r = zoo.RECIPES[NAME]
+    nb = nbformat.read(next((ROOT / "solutions").glob("02_*.ipynb")), as_version=4)
+    specials = json.dumps(list(zoo.SPECIAL_TOKENS))
+    call = f"byte_level_bpe(world.documents({r.tokenizer_chars:_}, seed={r.seed}), {r.vocab_size}, {specials})"
+    assert any(call in c.source for c in nb.cells if c.cell_type == "code"), call

@@ -75,6 +75,11 @@ _sl_rng = globals().setdefault("_sl_rng", {{}})
 _sl_rng[{index}] = (_sl_r.getstate(), _sl_np.random.get_state(), _sl_t.get_rng_state())
 del _sl_r, _sl_np, _sl_t
 """
+_UNBIND = """\
+for _sl_n in {names!r}:
+    globals().pop(_sl_n, None)
+del _sl_n
+"""
 _LOAD_RNG = """\
 import random as _sl_r, numpy as _sl_np, torch as _sl_t
 _sl_r.setstate(_sl_rng[{index}][0])
@@ -171,6 +176,8 @@ class SolutionSession:
             if i in restore:
                 self.session.run_private(_RESTORE.format(names=self.restorable[i]), timeout_s=300)
                 continue
+            if not record:  # as in a fresh run, a cell that raises leaves what it had not yet bound undefined
+                self.session.run_private(_UNBIND.format(names=sorted(cell_names(self.nb.cells[i].source).binds)))
             self.session.run_private((_SAVE_RNG if record else _LOAD_RNG).format(index=i))
             start = time.monotonic()
             one = self.session.execute([i])

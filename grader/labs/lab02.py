@@ -2,7 +2,8 @@
 
 References come from the `tokenizers` library, trained here with the notebook's configuration (same
 pre-tokenizer regex, special tokens and alphabet, hence the same ids), and from a plain reference BPE
-for the tiny fixed corpus. Held-out text comes from a seed the notebook never uses.
+for the tiny fixed corpus; the byte-level question is compared with tokenizers' ByteLevel pre-tokenizer
+and decoder. Held-out text comes from a seed the notebook never uses.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ MIN_VOCAB = 256
 # Strings a corpus-trained tokenizer only partly covers: unseen words, long numbers, repeated letters.
 RARE = [" xylophone", " mississippi", " 4711", " 1000000", "aaaaaaa", " banana", " zzz", " velimora",
         "apples", "123", " capitalisation", "!?!", "''", " the", "\n"]
+# In the alphabet but never in the notebook's training text (world.corpus(TRAIN_CHARS, seed=0)): still one id each.
+NEVER_IN_TRAINING = ["q", " quiz", "-", " q", "/-/", "-/"]
+# Characters outside the alphabet: they have no id, so encoding them must raise, not drop or replace them.
+OUTSIDE_ALPHABET = ["Mia", " caf\u00e9", "<", " a\tb", "\U0001f642", "x\u00a0y"]
 
 
 def _pretokenize(text: str) -> list[str]:
@@ -158,6 +163,21 @@ def _merge_random(merge_pair):
         got = merge_pair(list(ids), pair, 7)
         check(list(got) == _reference_merge(ids, pair, 7),
               f"merge_pair is wrong on a random list of length {len(ids)}.")
+    # Token ids of one, two and three digits, whose digits could be mistaken for one another, and a large new id.
+    values = [1, 2, 3, 12, 23, 31, 123, 231]
+    cases = [([12, 3], (2, 3)), ([1, 23], (1, 2)), ([123, 1, 23], (1, 23)), ([31, 2, 3, 12], (3, 12))]
+    for _ in range(300):
+        ids = [rng.choice(values) for _ in range(rng.randint(0, 12))]
+        pair = (rng.choice(values), rng.choice(values)) if rng.random() < 0.5 or len(ids) < 2 else (
+            tuple(ids[(k := rng.randrange(len(ids) - 1)):k + 2]))
+        cases.append((ids, pair))
+    for ids, pair in cases:
+        got = _call(merge_pair, list(ids), pair, 512, what=f"merge_pair({ids}, {pair}, 512)")
+        strangers = sorted({i for i in got if i not in ids and i != 512}) if isinstance(got, list | tuple) else []
+        check(isinstance(got, list | tuple) and list(got) == _reference_merge(ids, pair, 512),
+              f"merge_pair({ids}, {pair}, 512) is wrong.", received=got,
+              hint=(f"the result holds {strangers}, neither one of the ids nor new_id: compare whole ids, a pair at a "
+                    "time" if strangers else "replace every occurrence of pair, scanning left to right, by new_id"))
 
 
 # --- train_bpe -----------------------------------------------------------------------------------------------
@@ -215,7 +235,8 @@ def _check_chunks(BPETokenizer, text: str, vocab_size: int, chunks: list[str]) -
         expected = lib.encode(chunk).ids
         if got != expected:
             raise CheckFailed(f"encode_chunk({chunk!r}) differs from the tokenizers library with the same merges.",
-                              hint="merge the adjacent pair with the LOWEST rank (learned first) until none is a merge",
+                              hint="merge the adjacent pair with the LOWEST rank (learned first) until none is a "
+                                   "merge: min(pairwise(ids), key=lambda p: self.merges.get(p, math.inf))",
                               received=_show(lib, got), expected=_show(lib, expected))
 
 
@@ -235,7 +256,26 @@ def _encode_hidden(BPETokenizer):
              for _ in range(300)]
     numbers = [f" {rng.randint(0, 10 ** rng.randint(1, 7))}" for _ in range(100)]
     held = sorted(set(_pretokenize(world.corpus(20_000, seed=HELD_OUT_SEED + 3))))
-    _check_chunks(BPETokenizer, text, 700, words + numbers + held)
+    repeats = ["a" * n for n in range(1, 12)] + [" " + "ab" * n for n in range(1, 7)]  # overlapping pairs
+    _check_chunks(BPETokenizer, text, 700, NEVER_IN_TRAINING + repeats + words + numbers + held)
+
+
+@q.check(hidden=True)
+def _encode_outside_alphabet(BPETokenizer):
+    lib = _library(world.corpus(50_000, seed=HELD_OUT_SEED), 300)
+    tok = BPETokenizer(_library_merges(lib))
+    for chunk in OUTSIDE_ALPHABET:
+        try:
+            got = tok.encode_chunk(chunk)
+        except NotImplementedError:
+            raise
+        except Exception:  # any error is right: the character has no id
+            continue
+        unknown = sorted({c for c in chunk if c not in CHAR_ID})
+        raise CheckFailed(f"encode_chunk({chunk!r}) returned ids, but {unknown} is outside the alphabet: it has no id.",
+                          "raise an error for a character outside the alphabet (CHAR_ID[c] raises a KeyError); "
+                          "dropping or replacing it changes the text without anyone noticing",
+                          received=_show(lib, got) if isinstance(got, list) else repr(got))
 
 
 # --- decode and the round trip -------------------------------------------------------------------------------
@@ -272,7 +312,17 @@ def _roundtrip_hidden(BPETokenizer):
     lib = _library(world.corpus(80_000, seed=HELD_OUT_SEED + 2), 700)
     tok = BPETokenizer(_library_merges(lib))
     texts = [world.corpus(5_000, seed=HELD_OUT_SEED + 5)] + [_random_text(rng, rng.randint(1, 80)) for _ in range(100)]
+    texts += [" ", "\n", "   \n\n \n", "q", "a" * 257, " " + "ab" * 40, "-/-/ q"]
     _roundtrip(tok, lib, texts)
+    ids = lib.encode(texts[0]).ids
+    want = lib.decode(ids)
+    for kind, make in (("a tuple", tuple), ("an iterator", iter), ("a generator", lambda x: (i for i in x))):
+        got = _call(tok.decode, make(ids), what=f"decode(ids given as {kind})")
+        at = _first_difference(got, want) if isinstance(got, str) else 0
+        check(got == want, f"decode(ids given as {kind}) differs from the text of the same ids as a list, from "
+              f"position {at} on.", received=f"{len(got)} characters, {_window(got, at)}" if isinstance(got, str)
+              else repr(got), expected=f"{len(want)} characters, {_window(want, at)}",
+              hint="decode takes any iterable of ids and may read it only once: go through it in a single pass")
 
 
 # --- special tokens ------------------------------------------------------------------------------------------
@@ -359,3 +409,148 @@ def _compression(tok):
           f"the same text with the same vocabulary size ({size}) gives {theirs:.3f} (tolerance "
           f"{COMPRESSION_RTOL:.0%}).",
           hint="train on train_text; encode must apply merges by rank, the way training formed them")
+
+
+# --- byte-level BPE: GPT-2's byte -> character table -----------------------------------------------------------
+q = LAB.question("byte_level", points=3, uses=("bytes_to_unicode", "byte_level", "byte_level_decode"),
+                 title="Byte-level text, as tokenizers' ByteLevel writes and reads it")
+
+_BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+_BYTE_DECODER = decoders.ByteLevel()
+_ALPHABET = frozenset(pre_tokenizers.ByteLevel.alphabet())
+# ASCII, accents (2 bytes), CJK (3 bytes), an emoji (4 bytes), nothing at all, only whitespace, control characters
+_BYTE_LEVEL_TEXTS = ["mia has 3 red apples.\n", "café crème brûlée", "日本語の文", "hi 🙂!", "", "  \n\n \n",
+                     "tab\tand\r\nreturn", "\u00ff\u00a0\u00ad\u007f\u0000"]
+
+
+def _lib_byte_level(text: str) -> str:
+    return "".join(piece for piece, _ in _BYTE_LEVEL.pre_tokenize_str(text))
+
+
+def _lib_byte_decode(chars: str) -> str:
+    return _BYTE_DECODER.decode([chars]) if chars else ""
+
+
+@cache
+def _lib_byte_table() -> dict[int, str]:
+    """Byte -> character as ByteLevel writes it, read off a text whose UTF-8 holds every byte UTF-8 can hold; the
+    13 bytes that never occur in UTF-8 (0xC0, 0xC1, 0xF5-0xFF) are printable, hence themselves by GPT-2's rule."""
+    text = "".join(chr(cp) for cp in [*range(0x100), *range(0x100, 0x110000, 0x40)] if not 0xD800 <= cp < 0xE000)
+    table = dict(zip(text.encode("utf-8"), _lib_byte_level(text), strict=True))
+    return {b: table.get(b, chr(b)) for b in range(256)}
+
+
+def _window(s: str, at: int, width: int = 24) -> str:
+    """A short piece of s around position `at`, so that a long text's difference stays readable."""
+    start = max(0, at - width // 2)
+    return ("..." if start else "") + repr(s[start:start + width]) + ("..." if start + width < len(s) else "")
+
+
+def _byte_table_hint(table: dict[int, str]) -> str:
+    """A hint chosen from what the learner's table does: which bytes it keeps, which code points it shifts to."""
+    if table[0x20] == " ":
+        return "the space (byte 0x20) does not keep its character: it is a shifted byte and becomes 'Ġ' (U+0120)"
+    shifted = sorted(ord(c) for c in table.values() if ord(c) >= 256)
+    if shifted != list(range(256, 256 + len(shifted))):
+        return ("the n-th shifted byte, counting the shifted bytes only (n = 0, 1, ..., 67), becomes chr(256 + n); "
+                "n is not the byte's own value")
+    return (f"your table shifts {len(shifted)} bytes: keep exactly the printable ranges '!'..'~', '¡'..'¬' and "
+            "'®'..'ÿ' (both ends included) and shift the others")
+
+
+@q.check
+def _byte_table(bytes_to_unicode):
+    table = _call(bytes_to_unicode, what="bytes_to_unicode()")
+    assert_type(table, dict, "bytes_to_unicode()", hint="return a dict {byte value: character}")
+    check(len(table) == 256 and set(table) == set(range(256)),
+          "bytes_to_unicode() should have exactly the keys 0, 1, ..., 255, one per byte value.",
+          received=f"{len(table)} keys, starting {list(table)[:4]!r}", hint="the keys are the ints 0 to 255")
+    bad = [(b, c) for b, c in table.items() if not (isinstance(c, str) and len(c) == 1)]
+    check(not bad, "Each byte should map to a single character (a str of length 1).", received=repr(bad[:4]))
+    chars = set(table.values())
+    check(len(chars) == 256, "Two bytes map to the same character, so decoding could not tell them apart.",
+          received=f"{len(chars)} distinct characters for 256 bytes")
+    extra, missing = sorted(chars - _ALPHABET), sorted(_ALPHABET - chars)
+    check(not extra, "bytes_to_unicode() uses characters that are not in tokenizers' ByteLevel alphabet.",
+          received=", ".join(f"byte 0x{b:02X} -> {c!r} (U+{ord(c):04X})" for b, c in table.items() if c in extra[:4]),
+          expected="characters such as " + ", ".join(f"{c!r} (U+{ord(c):04X})" for c in missing[:4]),
+          hint=_byte_table_hint(table))
+    lib = _lib_byte_table()
+    for b in range(256):
+        if table[b] != lib[b]:
+            raise CheckFailed(f"bytes_to_unicode()[0x{b:02X}] differs from tokenizers' ByteLevel.",
+                              "bytes that keep their own character do so; the others, in increasing byte order, "
+                              "take chr(256), chr(257), ...", received=f"{table[b]!r} (U+{ord(table[b]):04X})",
+                              expected=f"{lib[b]!r} (U+{ord(lib[b]):04X})")
+
+
+def _check_byte_level(byte_level, byte_level_decode, texts: list[str]) -> None:
+    """byte_level(text) as ByteLevel writes it, and byte_level_decode of ByteLevel's string gives the text back."""
+    for text in texts:
+        what = f"byte_level({text!r})" if reveals() or len(text) <= 40 else f"byte_level on a text of {len(text)} " \
+            "characters"
+        got = _call(byte_level, text, what=what)
+        assert_type(got, str, what, hint="return a str: one character per byte")
+        want = _lib_byte_level(text)
+        if got != want:
+            at = _first_difference(got, want)
+            per_char = len(got) == len(text) != len(want)
+            raise CheckFailed(f"{what} differs from tokenizers' ByteLevel pre-tokenizer from position {at} on.",
+                              "one character per UTF-8 *byte*, not per character: text.encode('utf-8'), then each "
+                              "byte through bytes_to_unicode()" if per_char else
+                              "encode the text as UTF-8, then replace each byte by bytes_to_unicode()[byte]",
+                              received=f"{len(got)} characters, {_window(got, at)}",
+                              expected=f"{len(want)} characters, {_window(want, at)}")
+        what = f"byte_level_decode({want!r})" if reveals() else "byte_level_decode(ByteLevel's string for the text)"
+        back = _call(byte_level_decode, want, what=what)
+        if back != text:
+            at = _first_difference(back, text) if isinstance(back, str) else 0
+            raise CheckFailed(f"{what} should give the text back; it differs from position {at} on.",
+                              "map each character back to its byte, then decode all the bytes together as UTF-8",
+                              received=_window(back, at) if isinstance(back, str) else type(back).__name__,
+                              expected=_window(text, at))
+
+
+def _check_partial(byte_level_decode, pieces: list[str]) -> None:
+    """Byte-level strings that need not be whole UTF-8 characters, as a single token's often are not."""
+    for chars in pieces:
+        what = f"byte_level_decode({chars!r})" if reveals() else "byte_level_decode on random bytes"
+        try:
+            got = byte_level_decode(chars)
+        except NotImplementedError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise CheckFailed(f"{what} raised UnicodeDecodeError: {exc}",
+                              'decode with errors="replace": each invalid sequence becomes U+FFFD, as in '
+                              "tokenizers' ByteLevel decoder") from exc
+        except Exception as exc:  # a learner's bug on one input: a wrong answer, with the input
+            raise CheckFailed(f"{what} raised {type(exc).__name__}: {exc}") from exc
+        want = _lib_byte_decode(chars)
+        check(got == want, f"{what} differs from tokenizers' ByteLevel decoder.", received=repr(got),
+              expected=repr(want), hint="decode all the bytes together; each sequence that is not valid UTF-8 "
+                                        "becomes one U+FFFD, the replacement character")
+
+
+@q.check
+def _byte_level_public(byte_level, byte_level_decode):
+    _check_byte_level(byte_level, byte_level_decode, _BYTE_LEVEL_TEXTS)
+    _check_partial(byte_level_decode, [_lib_byte_level("日"), _lib_byte_level("日")[:2], _lib_byte_level("café")[:4],
+                                       _lib_byte_level("🙂 ok")[1:]])
+
+
+def _random_unicode(rng: random.Random, n: int) -> str:
+    """Characters of 1 to 4 UTF-8 bytes: ASCII and controls, Latin-1, Greek/Cyrillic, CJK, Hangul, emoji, planes."""
+    blocks = [(0x00, 0x7F), (0x20, 0x7E), (0x80, 0xFF), (0x370, 0x4FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3),
+              (0xE000, 0xFFFD), (0x1F300, 0x1FAFF), (0x10000, 0x10FFFF)]
+    return "".join(chr(rng.randint(*rng.choice(blocks))) for _ in range(n))
+
+
+@q.check(hidden=True)
+def _byte_level_hidden(byte_level, byte_level_decode):
+    rng = random.Random(HELD_OUT_SEED + 8)
+    texts = [_random_unicode(rng, rng.randint(1, 40)) for _ in range(150)]
+    texts += [" " * 7, "\n" * 3, " \n\t\r\x0b\x0c", world.corpus(2_000, seed=HELD_OUT_SEED + 9)]
+    _check_byte_level(byte_level, byte_level_decode, texts)
+    table = _lib_byte_table()
+    _check_partial(byte_level_decode, ["".join(table[rng.randrange(256)] for _ in range(rng.randint(1, 10)))
+                                       for _ in range(300)])
