@@ -45,7 +45,7 @@ def _events(node: ast.AST, local: frozenset[str] = frozenset()):
     """("load" | "store", name) at the top level of a cell, in the order Python evaluates them."""
     if isinstance(node, ast.Name):
         if node.id not in local:
-            yield ("load" if isinstance(node.ctx, ast.Load) else "store"), node.id
+            yield ("store" if isinstance(node.ctx, ast.Store) else "load"), node.id  # `del x` needs x
     elif isinstance(node, _FUNCTION):
         for child in [*node.decorator_list, *getattr(node, "bases", []), *getattr(node, "keywords", [])]:
             yield from _events(child, local)

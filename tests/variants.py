@@ -168,6 +168,11 @@ class SolutionSession:
         total = sum(self.seconds.values()) or 1.0
         return {i for i, s in self.seconds.items() if s > EXPENSIVE_SHARE * total}
 
+    def _only_bound_by(self, i: int) -> list[str]:
+        """Names cell i binds that no earlier cell binds: before cell i runs in a fresh kernel, they do not exist."""
+        earlier = {n for j in self.original if j < i for n in cell_names(self.nb.cells[j].source).binds}
+        return sorted(cell_names(self.nb.cells[i].source).binds - earlier)
+
     def _run(self, cells: list[int], record: bool = False, restore: set[int] = frozenset()) -> Execution:
         """Execute cells one by one, each from the random state it had in the fresh run; one Execution for all.
         Cells in `restore` get the solution's objects back from the snapshot instead of running."""
@@ -176,8 +181,8 @@ class SolutionSession:
             if i in restore:
                 self.session.run_private(_RESTORE.format(names=self.restorable[i]), timeout_s=300)
                 continue
-            if not record:  # as in a fresh run, a cell that raises leaves what it had not yet bound undefined
-                self.session.run_private(_UNBIND.format(names=sorted(cell_names(self.nb.cells[i].source).binds)))
+            if not record:  # as in a fresh run, a cell that raises leaves what only it binds undefined
+                self.session.run_private(_UNBIND.format(names=self._only_bound_by(i)))
             self.session.run_private((_SAVE_RNG if record else _LOAD_RNG).format(index=i))
             start = time.monotonic()
             one = self.session.execute([i])

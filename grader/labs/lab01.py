@@ -24,7 +24,9 @@ from labkit.lm import mean_loss
 
 LAB = Lab("01", "From tensors to a small language model")
 HELD_OUT_SEED = 9001  # the notebook trains on seed 0 and validates on seed 1
-LOSS_THRESHOLD = 1.2  # nats/char; the bigram model gets ~2.2, unigram ~3.2, the solution ~0.6
+# nats/char. Measured: the solution gets 0.56 on this held-out text; on the notebook's validation text the bigram
+# model gets 2.20, unigram 3.17 and the untrained MLP 3.93.
+LOSS_THRESHOLD = 1.2
 
 
 def _same(got, ref, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
@@ -503,7 +505,7 @@ def _trained(model):
                 "training cell run, and does train_step update the parameters?")
     else:
         hint = ("better than a uniform guess, not yet good enough: if train_step passes its checks, train longer or "
-                "tune the learning rate (the bigram model gets ~2.2, the solution ~0.6)")
+                "tune the learning rate (the bigram model gets ~2.2, the solution ~0.56)")
     assert_below(loss, LOSS_THRESHOLD, "held-out loss (nats/char, on text the grader generated)", hint=hint)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,16 @@ from transformers import (
 )
 from transformers.pipelines import TextGenerationPipeline
 
-from grader.asserts import assert_above, assert_below, assert_close, assert_equal, assert_type, check
+from grader.asserts import (
+    CheckFailed,
+    assert_above,
+    assert_below,
+    assert_close,
+    assert_equal,
+    assert_type,
+    check,
+)
+from grader.grading import CheckTimeout
 from grader.registry import Lab
 from labkit import world, zoo
 from labkit.lm import heldout_nats
@@ -32,7 +42,7 @@ from labkit.lm import heldout_nats
 LAB = Lab("05", "Your model in the Hugging Face ecosystem")
 HELD_OUT_SEED = 9005  # the notebook uses corpus seed 1 and task seeds 0 and 1
 PROMPTS = ["mia has", "the capital of", "on monday, tom walked from the market to", "sam"]
-TASK_NATS_PER_CHAR = 1.5  # held-out date-task text after continued pretraining; base model ~7.2, the solution ~0.9
+TASK_NATS_PER_CHAR = 1.5  # held-out date-task text after continued pretraining; measured: base 7.05, solution 0.91
 
 
 def _join(tokenizer, docs: list[str]) -> str:
@@ -58,6 +68,26 @@ def _base(base, device: torch.device | str = "cpu", **config_overrides):
     """A fresh (model, tokenizer) of the base model, float32, eval mode, a check's own to change."""
     model, tokenizer = _load_base(**config_overrides) if config_overrides else base
     return copy.deepcopy(model).to(device).eval(), tokenizer
+
+
+def _sampling_by_default(model):
+    """The model with a generation_config that samples, as many hub models ship (Llama 3: do_sample=True,
+    temperature=0.6, top_p=0.9): a setting left unset in a GenerationConfig comes from it."""
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 0.6
+    model.generation_config.top_p = 0.9
+    model.generation_config.top_k = 20
+    return model
+
+
+def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
+    """Call learner code on an edge case; a crash there fails the check and says which input caused it."""
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, CheckTimeout):
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
 
 
 @torch.no_grad()
@@ -96,6 +126,10 @@ def _check_roundtrip(save_model, load_model, model, tokenizer, device) -> None:
         check(isinstance(out, tuple) and len(out) == 2, "load_model(path, device) should return (model, tokenizer).")
         mine, my_tokenizer = out
         check(hasattr(mine, "config") and callable(mine), f"load_model returned a {type(mine).__name__} as model.")
+        head = getattr(mine, "get_output_embeddings", lambda: None)()
+        check(head is not None, f"The model from load_model is a {type(mine).__name__}, which has no language-model "
+              "head: it returns hidden states, not next-token logits.",
+              hint="load it with AutoModelForCausalLM.from_pretrained, which adds the head (AutoModel does not)")
         check(not mine.training, "The model from load_model is in training mode.",
               hint="from_pretrained returns it in eval mode; return model.eval()")
         assert_equal(mine.dtype, torch.float32, "the dtype of the model from load_model",
@@ -130,6 +164,20 @@ def _roundtrip_changed_model(save_model, load_model, ctx, base):
         mine, _ = load_model(folder)
         assert_equal(mine.device.type, "cpu", "the device of load_model(path) without a device",
                      hint="device=None means the CPU")
+
+
+@q.check(hidden=True)
+def _save_leaves_the_model(save_model, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    model.train()  # as right after training, when checkpoints are saved
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(model, tokenizer, folder)
+    check(model.training, "save_model switched the model it was given from training to eval mode, so training "
+          "would go on without dropout.", hint="saving must leave the model as it was: don't call model.eval()")
+    p = next(model.parameters())
+    check(p.device.type == torch.device(ctx.device).type and p.dtype == torch.float32,
+          f"save_model left the model it was given on {p.device} in {p.dtype}.",
+          hint="saving must leave the model as it was: model.to(...), .cpu() and .half() change the model itself")
 
 
 # --- hf_generate_config --------------------------------------------------------------------------------------
@@ -184,6 +232,25 @@ def _configs_generate_the_same(generation_configs, ctx, base):
         check(outs[0].shape == outs[1].shape and torch.equal(outs[0], outs[1]),
               f"model.generate with your {name!r} config gives other tokens than the settings asked for.",
               hint=HINTS[name])
+
+
+@q.check(hidden=True)
+def _configs_on_a_model_that_samples_by_default(generation_configs, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    _sampling_by_default(model)
+    mine, ref = generation_configs(10), _reference_configs(10)
+    batch = tokenizer(PROMPTS, padding=True, padding_side="left", return_tensors="pt").to(ctx.device)
+    for name, want in WANT.items():
+        outs = []
+        for config in (mine[name], ref[name]):
+            torch.manual_seed(HELD_OUT_SEED)
+            outs.append(model.generate(**batch, generation_config=config).cpu())
+        unset = [field for field in want if getattr(mine[name], field, None) is None]
+        hint = (f"set {', '.join(unset)} explicitly: a setting left unset comes from the model's own "
+                "generation_config, and many models sample by default") if unset else HINTS[name]
+        check(outs[0].shape == outs[1].shape and torch.equal(outs[0], outs[1]),
+              f"On a model whose own generation_config samples, model.generate with your {name!r} config gives other "
+              "tokens than the settings asked for.", hint=hint)
 
 
 # --- hf_generate ---------------------------------------------------------------------------------------------
@@ -257,6 +324,23 @@ def _generate_sampling(generate_text, ctx, base):
                    "generate_text with max_new_tokens=6")
 
 
+@q.check(hidden=True)
+def _generate_edges(generate_text, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    greedy = _reference_configs(12)["greedy"]
+    for prompts, what in [(["the"], "generate_text for a batch of one prompt"),
+                          (["", "on sunday, ben walked from the market to"],
+                           "generate_text for an empty prompt (<bos> alone) and a long one")]:
+        got = _call(generate_text, what, model, tokenizer, prompts, greedy,
+                    hint="a batch of one prompt, or of an empty one, is still a list of prompts: return a list with "
+                    "one string per prompt")
+        _compare_texts(got, [_greedy(model, tokenizer, p, 12) for p in prompts], prompts, what)
+    prompts = ["mia has", "the capital of"]
+    what = "generate_text with max_new_tokens=1"
+    got = _call(generate_text, what, model, tokenizer, prompts, _reference_configs(1)["greedy"])
+    _compare_texts(got, [_greedy(model, tokenizer, p, 1) for p in prompts], prompts, what)
+
+
 # --- hf_pipeline ---------------------------------------------------------------------------------------------
 q = LAB.question("hf_pipeline", points=2, uses=("make_pipeline", "complete"), title="A text-generation pipeline")
 
@@ -269,7 +353,9 @@ def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens:
     check(pipe.model is model, "The pipeline does not use the model object it was given.",
           hint="pass the model object itself: pipeline(..., model=model), not a path")
     want = [_greedy(model, tokenizer, p, max_new_tokens) for p in prompts]
-    got = complete(pipe, prompts, max_new_tokens)
+    got = _call(complete, f"complete(pipe, {len(prompts)} prompts, {max_new_tokens})", pipe, prompts, max_new_tokens,
+                hint="for a list of prompts the pipeline returns one list of results per prompt; complete returns one "
+                "string per prompt")
     assert_type(got, list, f"complete(pipe, prompts, {max_new_tokens})")
     assert_equal(len(got), len(prompts), "the number of completions", hint="one string per prompt")
     for text, ref, prompt in zip(got, want, prompts, strict=True):
@@ -277,7 +363,8 @@ def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens:
         if text.startswith(prompt) and not ref.startswith(prompt):
             hint = "return_full_text=False: the pipeline returns the prompt too by default"
         else:
-            hint = "greedy decoding: do_sample=False, and pass max_new_tokens"
+            hint = "greedy decoding: do_sample=False (the text-generation pipeline samples by default), and pass " \
+                   "max_new_tokens"
         check(text == ref, f"complete(pipe, prompts, {max_new_tokens}) for {prompt!r} is wrong.", hint=hint,
               received=repr(text), expected=repr(ref))
 
@@ -297,21 +384,27 @@ q = LAB.question("hf_perplexity", points=3, uses=("perplexity",), title="Perplex
 
 
 @torch.no_grad()
-def _nll(model, tokenizer, text: str, window: int = 128) -> tuple[float, int]:
-    """(total nats, predicted tokens): each chunk on its own, unpadded, so no masking can go wrong."""
+def _chunk_nats(model, tokenizer, text: str, window: int = 128) -> list[tuple[float, int]]:
+    """(nats, predicted tokens) of each chunk, each on its own, unpadded, so no masking can go wrong."""
     was_training = model.training
     model.eval()
     ids = tokenizer(text, verbose=False)["input_ids"]
-    total, count = 0.0, 0
+    chunks = []
     for i in range(0, len(ids), window):
         chunk = torch.tensor([ids[i : i + window]], device=model.device)
         if chunk.shape[1] < 2:
+            chunks.append((0.0, 0))
             continue
         logits = model(input_ids=chunk).logits.float()
-        total += F.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum").item()
-        count += chunk.shape[1] - 1
+        chunks.append((F.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum").item(), chunk.shape[1] - 1))
     model.train(was_training)
-    return total, count
+    return chunks
+
+
+def _nll(model, tokenizer, text: str, window: int = 128) -> tuple[float, int]:
+    """(total nats, predicted tokens) over all chunks."""
+    chunks = _chunk_nats(model, tokenizer, text, window)
+    return sum(n for n, _ in chunks), sum(c for _, c in chunks)
 
 
 def _reference_ppl(model, tokenizer, text: str, window: int = 128) -> float:
@@ -323,13 +416,20 @@ PPL_HINT = ("compare logits[:, :-1] with input_ids[:, 1:] (shift), give padded p
             "(ignore them), sum the loss over all batches and divide by the number of predicted tokens, then exp")
 
 
-def _check_ppl(perplexity, model, tokenizer, text: str, what: str, hint: str = PPL_HINT, **kwargs) -> None:
+def _check_ppl(perplexity, model, tokenizer, text: str, what: str, hint: str = PPL_HINT, edge: str | None = None,
+               **kwargs) -> None:
+    """`edge`: the hint when this input makes perplexity crash or return NaN/inf, and a crash fails the check."""
     want = _reference_ppl(model, tokenizer, text, kwargs.get("window", 128))
-    got = perplexity(model, tokenizer, text, **kwargs)
+    if edge:
+        got = _call(perplexity, what, model, tokenizer, text, hint=edge, **kwargs)
+    else:
+        got = perplexity(model, tokenizer, text, **kwargs)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     assert_type(got, (float, int), what, hint="return a Python float")
-    if not math.isfinite(got) or got > 1e4:
+    if edge and not math.isfinite(got):
+        hint = edge
+    elif not math.isfinite(got) or got > 100 * want:
         hint = "perplexity is exp(MEAN loss per token): divide the total loss by the number of tokens before exp"
     assert_close(float(got), want, what, rtol=1e-3, atol=0, hint=hint)
 
@@ -370,6 +470,100 @@ def _ppl_train_mode(perplexity, ctx, base):
                  hint="dropout is random in training mode: evaluate with model.eval()")
 
 
+def _short_tail_text(tokenizer) -> tuple[str, int, int]:
+    """(text, window, batch_size): held-out corpus text (low loss) ending in a date-task document (high loss),
+    cut so that the last chunk is a few tokens of the task document, alone in the last batch. Every token counts
+    once in the perplexity; a mean of per-batch or per-chunk means gives those few tokens the weight of a batch."""
+    docs = world.corpus(1500, seed=HELD_OUT_SEED + 2).splitlines(keepends=True)[:-1]
+    task = world.format_example(world.task_examples("test", 1, seed=HELD_OUT_SEED + 2)[0])
+    text = _join(tokenizer, [*docs, task])
+    n = len(tokenizer(text, verbose=False)["input_ids"])
+    window = next((w for w in range(40, 128) if 4 <= n % w <= 8), 64)
+    return text, window, -(-n // window) - 1  # all the full chunks in one batch, the short one in the next
+
+
+def _one_token_tail_text(tokenizer) -> tuple[str, int]:
+    """(text, window): held-out corpus text whose last chunk is a single token, which predicts nothing."""
+    text = _join(tokenizer, world.corpus(1200, seed=HELD_OUT_SEED + 3).splitlines(keepends=True)[:-1])
+    n = len(tokenizer(text, verbose=False)["input_ids"])
+    return text, next((w for w in range(40, 128) if n % w == 1), 64)
+
+
+def _weighting_hint(model, tokenizer, text: str, window: int, batch_size: int, got) -> str:
+    """The mistake whose result `got` reproduces (a mean of means, the short chunk dropped), else the contract."""
+    chunks = _chunk_nats(model, tokenizer, text, window)
+    batches = [chunks[i : i + batch_size] for i in range(0, len(chunks), batch_size)]
+    sums = [(sum(n for n, _ in b), sum(c for _, c in b)) for b in batches]
+    mistakes = [
+        (sum(n / c for n, c in sums if c) / sum(1 for _, c in sums if c),
+         "that is the exp of the mean of the per-batch mean losses: a batch with few tokens then weighs as much as "
+         "a full one. Sum the loss over all batches and divide by the total number of predicted tokens"),
+        (sum(n / c for n, c in chunks if c) / sum(1 for _, c in chunks if c),
+         "that is the exp of the mean of the per-chunk mean losses: a short chunk then weighs as much as a full one. "
+         "Sum the loss over all tokens and divide by the total number of predicted tokens"),
+        (sum(n for n, _ in chunks[:-1]) / sum(c for _, c in chunks[:-1]),
+         "the last, shorter chunk is part of the text: keep it (the last chunk may be shorter than window)"),
+    ]
+    if isinstance(got, int | float) and math.isfinite(got) and got > 0:
+        for mean_nats, hint in mistakes:
+            if math.isclose(math.log(got), mean_nats, rel_tol=1e-4, abs_tol=1e-5):
+                return hint
+    return ("every predicted token counts once: the total loss over all batches divided by the number of predicted "
+            "tokens")
+
+
+@q.check(hidden=True)
+def _ppl_every_token_counts_once(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    text, window, batch_size = _short_tail_text(tokenizer)
+    what = (f"perplexity(..., window={window}, batch_size={batch_size}) of a text whose last chunk is a few tokens "
+            "alone in the last batch")
+    got = _call(perplexity, what, model, tokenizer, text, window=window, batch_size=batch_size, hint=PPL_HINT)
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    assert_type(got, (float, int), what, hint="return a Python float")
+    want = _reference_ppl(model, tokenizer, text, window)
+    if not math.isclose(float(got), want, rel_tol=1e-3):
+        assert_close(float(got), want, what, rtol=1e-3, atol=0,
+                     hint=_weighting_hint(model, tokenizer, text, window, batch_size, got))
+
+
+@q.check(hidden=True)
+def _ppl_one_token_chunk_alone(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    text, window = _one_token_tail_text(tokenizer)
+    _check_ppl(perplexity, model, tokenizer, text,
+               f"perplexity(..., window={window}, batch_size=1) of a text whose last chunk is a single token",
+               window=window, batch_size=1,
+               edge="here the last batch is one chunk of a single token, which predicts nothing: a mean over its "
+               "zero predicted tokens is NaN. Sum the per-token losses (reduction='sum') and count the tokens")
+
+
+@q.check(hidden=True)
+def _ppl_tiny_probabilities(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # a very confident model: the tokens it misses get probabilities << 1e-45
+    text = _join(tokenizer, world.corpus(2500, seed=HELD_OUT_SEED + 4).splitlines(keepends=True)[:-1])
+    _check_ppl(perplexity, model, tokenizer, text,
+               "perplexity(..., window=64) of a very confident model, some of whose next-token probabilities are "
+               "below 1e-45", window=64,
+               edge="a probability below about 1e-45 is 0 in float32 and its log is -inf: take log-probabilities "
+               "from log_softmax or F.cross_entropy, never log(softmax(...))")
+
+
+@q.check(hidden=True)
+def _ppl_bfloat16_model(perplexity, ctx, base):
+    model, tokenizer = _base(base, ctx.device)
+    model.to(torch.bfloat16)
+    # date-task text, ~7 nats/token for this model: a sum rounded to bfloat16 moves the perplexity by about 1-4 %
+    examples = world.task_examples("test", 60, seed=HELD_OUT_SEED + 5)
+    text = _join(tokenizer, [world.format_example(ex) for ex in examples])
+    _check_ppl(perplexity, model, tokenizer, text, "perplexity of a bfloat16 model on task text",
+               hint="compute the loss in float32 (upcast the logits): bfloat16 keeps 8 significant bits, "
+               "too few for a sum of thousands of losses", edge=PPL_HINT)
+
+
 # --- hf_trainer ----------------------------------------------------------------------------------------------
 q = LAB.question("hf_trainer", points=3, uses=("make_lm_dataset", "training_args", "trainer"),
                  title="A continued-pretraining run with the Trainer")
@@ -387,14 +581,24 @@ def _as_list(x) -> list:
     return x.tolist() if isinstance(x, torch.Tensor) else list(x)
 
 
-def _check_dataset(make_lm_dataset, tokenizer, texts: list[str], block_size: int) -> None:
+def _check_dataset(make_lm_dataset, tokenizer, texts: list[str], block_size: int, generator: bool = False) -> None:
+    """`generator`: pass the texts as a generator, which can be iterated only once (as when read from a file)."""
     want = _reference_blocks(tokenizer, texts, block_size)
-    ds = make_lm_dataset(tokenizer, texts, block_size)
-    what = f"make_lm_dataset(tokenizer, {len(texts)} texts, block_size={block_size})"
+    kind = "a generator of" if generator else ""
+    what = f"make_lm_dataset(tokenizer, {kind} {len(texts)} text{'s' * (len(texts) != 1)}, block_size={block_size})"
+    what = what.replace("  ", " ")
+    if generator:
+        ds = _call(make_lm_dataset, what, tokenizer, (t for t in texts), block_size,
+                   hint="texts may be any iterable of strings, also a generator: go through it once, text by text "
+                   "(a generator is empty the second time, and the tokenizer takes only a string or a list)")
+    else:
+        ds = _call(make_lm_dataset, what, tokenizer, texts, block_size)
     check(hasattr(ds, "__len__") and hasattr(ds, "__getitem__"), f"{what} should return a list of dicts.")
-    assert_equal(len(ds), len(want), f"the number of blocks from {what}",
-                 hint="concatenate <bos> ids <eos> of every text, cut into blocks of block_size, drop the rest")
-    for i in (0, len(want) // 2, len(want) - 1):
+    hint = "concatenate <bos> ids <eos> of every text, cut into blocks of block_size, drop the rest"
+    if generator and len(ds) == 0 and want:
+        hint = "the generator of texts gave nothing: iterate it only once (a generator is empty the second time)"
+    assert_equal(len(ds), len(want), f"the number of blocks from {what}", hint=hint)
+    for i in sorted({0, len(want) // 2, len(want) - 1} if want else ()):
         item = ds[i]
         assert_type(item, dict, f"item {i} of {what}")
         check("labels" in item, f"Item {i} has no 'labels' (keys: {sorted(item)}): the model then returns no "
@@ -441,6 +645,16 @@ def _dataset_other(make_lm_dataset, base):
     _, tokenizer = base
     texts = world.corpus(3000, seed=HELD_OUT_SEED).splitlines(keepends=True)
     _check_dataset(make_lm_dataset, tokenizer, texts, 100)
+
+
+@q.check(hidden=True)
+def _dataset_generator_and_edges(make_lm_dataset, base):
+    _, tokenizer = base
+    texts = [world.format_example(ex) for ex in world.task_examples("test", 30, seed=HELD_OUT_SEED + 1)]
+    _check_dataset(make_lm_dataset, tokenizer, texts, 23, generator=True)
+    one = world.corpus(400, seed=HELD_OUT_SEED + 1).splitlines(keepends=True)[0]
+    _check_dataset(make_lm_dataset, tokenizer, [one], 7)  # a single text, a block size that divides nothing
+    _check_dataset(make_lm_dataset, tokenizer, ["tom has 2 cups.\n"], 64)  # shorter than one block: no block at all
 
 
 # --- hf_continued_pretraining --------------------------------------------------------------------------------
