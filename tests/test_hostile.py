@@ -255,7 +255,7 @@ def test_memory_bomb_is_killed_and_explained(batch):
 
 def test_enormous_output_is_capped_and_still_graded(batch):
     record = batch[0]["enormous_output"]
-    assert record.status == "graded" and record.score == 6
+    assert record.status == "graded" and record.score == 6, (record.status, record.reason)
     assert record.result["execution"]["output_truncated"] and "output truncated" in record.reason
 
 
