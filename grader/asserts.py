@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,3 +196,18 @@ def assert_artifact(
         check(key in state, f"{name}: missing tensor '{key}' (has {sorted(state)[:6]}...).", hint)
         assert_shape(state[key], shape, f"{name}['{key}']", hint)
     return state
+
+
+class CheckTimeout(Exception):
+    """A check ran past its time limit (raised by the grader's alarm, inside whatever code was running)."""
+
+
+def call_learner(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
+    """Call learner code on a check's own input; a crash there fails the check and says which input caused it.
+    "Not implemented", another check's failure and a timeout pass through as they are."""
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, CheckFailed, CheckTimeout):
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from grader.asserts import HIDDEN, CheckFailed, hidden_mode
+from grader.asserts import HIDDEN, CheckFailed, CheckTimeout, hidden_mode
 from grader.registry import Check, Lab, Question
 
 
@@ -148,10 +148,6 @@ def session_fixtures(lab: Lab) -> Fixtures:
     if lab.id not in _SESSION_FIXTURES or _SESSION_FIXTURES[lab.id].lab is not lab:
         _SESSION_FIXTURES[lab.id] = Fixtures(lab)
     return _SESSION_FIXTURES[lab.id]
-
-
-class CheckTimeout(Exception):
-    pass
 
 
 @contextmanager

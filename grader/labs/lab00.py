@@ -6,25 +6,12 @@ storage's size); otherwise it states the contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from grader.asserts import CheckFailed, assert_close, assert_equal, assert_type, check
-from grader.grading import CheckTimeout
+from grader.asserts import assert_close, assert_equal, assert_type, call_learner, check
 from grader.registry import Lab
 
 LAB = Lab("00", "Setup and how this course works")
-
-
-def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
-    """Call learner code on an edge case; a crash there fails the check and says which input caused it."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, CheckTimeout):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
 
 
 # --- move_batch ----------------------------------------------------------------------------------------------
@@ -74,7 +61,7 @@ def _mixed_batch() -> dict:
 def _move_batch_any_values(move_batch):
     batch, given = _mixed_batch(), _mixed_batch()
     what = "move_batch(batch, device) for a batch that also holds an int, a float, a list, None and a dict"
-    out = _call(move_batch, what, given, torch.device("meta"), hint=_PASS_THROUGH)
+    out = call_learner(move_batch, what, given, torch.device("meta"), hint=_PASS_THROUGH)
     assert_type(out, dict, what)
     assert_equal(sorted(out), sorted(batch), f"the keys of the dict from {what}", hint=_PASS_THROUGH)
     for k, v in batch.items():
@@ -133,7 +120,7 @@ def _noise_standard_normal(reproducible_noise):
 
 @q.check(hidden=True)
 def _noise_one_number(reproducible_noise):
-    x = _call(reproducible_noise, "reproducible_noise(seed=5, n=1)", seed=5, n=1)
+    x = call_learner(reproducible_noise, "reproducible_noise(seed=5, n=1)", seed=5, n=1)
     hint = None
     if isinstance(x, torch.Tensor) and x.dim() == 0:
         hint = ("n numbers are a 1-D tensor of shape (n,), also for n=1; yours has no dimension at all, as after "
@@ -150,7 +137,7 @@ _NBYTES_CONTRACT = "bytes = number of elements x bytes per element (t.numel() * 
 
 def _assert_nbytes(tensor_nbytes, t: torch.Tensor, name: str, hint: str | None = None, edge: bool = False) -> None:
     what = f"tensor_nbytes({name})"
-    got = _call(tensor_nbytes, what, t, hint=_NBYTES_CONTRACT) if edge else tensor_nbytes(t)
+    got = call_learner(tensor_nbytes, what, t, hint=_NBYTES_CONTRACT) if edge else tensor_nbytes(t)
     if isinstance(got, torch.Tensor):
         type_hint = "convert the count to a Python int: int(...) or .item()"
     elif isinstance(got, float):

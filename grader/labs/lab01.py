@@ -16,8 +16,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from grader.asserts import CheckFailed, assert_below, assert_close, assert_shape, assert_type, check
-from grader.grading import CheckTimeout
+from grader.asserts import (
+    CheckFailed,
+    assert_below,
+    assert_close,
+    assert_shape,
+    assert_type,
+    call_learner,
+    check,
+)
 from grader.registry import Lab
 from labkit import world
 from labkit.lm import mean_loss
@@ -63,16 +70,6 @@ def _assert_close_diagnosed(got, ref, name: str, diagnose: Callable[[], str], **
         assert_close(got, ref, name, hint=diagnose(), **tolerances)
 
 
-def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
-    """Call learner code on an edge case; a crash there fails the check and says which input caused it."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, CheckTimeout):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
-
-
 # --- softmax -------------------------------------------------------------------------------------------------
 q = LAB.question("softmax", points=2, uses=("softmax",), title="A numerically stable softmax")
 
@@ -112,7 +109,7 @@ def _softmax_hint(x: torch.Tensor, got, atol: float) -> str:
 
 def _assert_softmax(softmax, x: torch.Tensor, name: str, atol: float = 1e-5, edge: bool = False) -> None:
     """An `edge` input turns a crash into a failure that names the input."""
-    got = _call(softmax, f"softmax(x) for {name}", x.clone()) if edge else softmax(x.clone())
+    got = call_learner(softmax, f"softmax(x) for {name}", x.clone()) if edge else softmax(x.clone())
     _assert_close_diagnosed(got, torch.softmax(x, dim=-1), f"softmax(x) for {name}",
                             lambda: _softmax_hint(x, got, atol), rtol=1e-4, atol=atol)
 
@@ -200,7 +197,7 @@ def _ce_hint(logits: torch.Tensor, targets: torch.Tensor, got) -> str:
 def _assert_ce_grad(ce_grad, logits: torch.Tensor, targets: torch.Tensor, name: str, edge: str | None = None) -> None:
     """`edge`: the hint when this input makes ce_grad crash (a crash then fails the check, naming the input)."""
     args = (logits.clone(), targets.clone())
-    got = _call(ce_grad, f"ce_grad(logits, targets) for {name}", *args, hint=edge) if edge else ce_grad(*args)
+    got = call_learner(ce_grad, f"ce_grad(logits, targets) for {name}", *args, hint=edge) if edge else ce_grad(*args)
     _assert_close_diagnosed(got, _autograd_ce_grad(logits, targets), f"ce_grad(logits, targets) for {name}",
                             lambda: _ce_hint(logits, targets, got))
 
@@ -279,7 +276,7 @@ def _bigram_hint(ids: torch.Tensor, vocab_size: int, alpha: float, got, atol: fl
 def _assert_bigram(bigram_probs, ids: torch.Tensor, vocab_size: int, alpha: float, name: str,
                    atol: float = 1e-5, edge: bool = False, rows_sum_to_one: bool = False) -> None:
     args = (ids.clone(), vocab_size, alpha)
-    got = _call(bigram_probs, f"bigram_probs for {name}", *args) if edge else bigram_probs(*args)
+    got = call_learner(bigram_probs, f"bigram_probs for {name}", *args) if edge else bigram_probs(*args)
     shape_hint = None
     if isinstance(got, torch.Tensor) and tuple(got.shape) == (int(ids.max()) + 1,) * 2 != (vocab_size,) * 2:
         shape_hint = "P is (vocab_size, vocab_size) even when the largest ids never occur: use the vocab_size given"
@@ -341,7 +338,7 @@ def _forward_hint(m, x: torch.Tensor, out) -> str:
 
 
 def _assert_forward(m, x: torch.Tensor, name: str, edge: bool = False) -> None:
-    out = _call(m, f"the forward pass for {name}", x.clone()) if edge else m(x.clone())
+    out = call_learner(m, f"the forward pass for {name}", x.clone()) if edge else m(x.clone())
     assert_shape(out, (x.shape[0], m.out.out_features), f"the logits for {name}",
                  hint="return one row of logits per window: shape (batch, vocab_size)")
     _assert_close_diagnosed(out, _reference_forward(m, x), f"the logits for {name}", lambda: _forward_hint(m, x, out),
@@ -576,7 +573,7 @@ def _assert_greedy(sample, m, prompt: str, n_new: int, edge: str | None = None) 
     """`edge`: the hint when this prompt makes sample crash (a crash then fails the check, naming the prompt)."""
     args = (m, prompt, n_new)
     kwargs = {"temperature": 1e-4, "generator": torch.Generator().manual_seed(0)}
-    out = (_call(sample, f"sample(model, {prompt!r}, {n_new}, temperature=1e-4)", *args, hint=edge, **kwargs)
+    out = (call_learner(sample, f"sample(model, {prompt!r}, {n_new}, temperature=1e-4)", *args, hint=edge, **kwargs)
            if edge else sample(*args, **kwargs))
     assert_type(out, str, "sample(...)")
     head = out[:len(out) - n_new] if len(out) >= n_new else None  # what comes before the last n_new characters

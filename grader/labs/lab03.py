@@ -30,8 +30,15 @@ from transformers.models.llama.modeling_llama import (
     apply_rotary_pos_emb,
 )
 
-from grader.asserts import CheckFailed, assert_below, assert_close, assert_shape, assert_type, check
-from grader.grading import CheckTimeout
+from grader.asserts import (
+    CheckFailed,
+    assert_below,
+    assert_close,
+    assert_shape,
+    assert_type,
+    call_learner,
+    check,
+)
 from grader.registry import Lab
 from labkit import world
 from labkit.lm import heldout_loss
@@ -79,16 +86,6 @@ def _load(learner: torch.nn.Module, reference: torch.nn.Module, what: str, prefi
             f"\n  expected parameter names {sorted(state)[:6]}...\n  yours are {sorted(learner.state_dict())[:6]}...",
             hint="keep the layer names and shapes defined in the given constructor (q_proj, gate_proj, ...)",
         ) from None
-
-
-def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
-    """Call learner code on a new input; a crash there fails the check and says which input caused it."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, CheckTimeout):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
 
 
 def _same(got, ref, rtol: float = 1e-4, atol: float = 1e-4) -> bool:
@@ -181,7 +178,8 @@ def _check_attention(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         f"q of shape {tuple(q.shape)} and k, v of shape {tuple(k.shape)}"
     label = f"attention(q, k, v, causal={causal}) for {shapes}"
     crash = "with T_q < T_k the scores are (..., T_q, T_k), and so is the mask" if t_q < t_k else None
-    out, weights = _pair(_call(attention, label, q.clone(), k.clone(), v.clone(), causal=causal, hint=crash), label)
+    got = call_learner(attention, label, q.clone(), k.clone(), v.clone(), causal=causal, hint=crash)
+    out, weights = _pair(got, label)
     assert_shape(weights, (b, h, t_q, t_k), f"the weights of {label}",
                  hint="weights are (batch, heads, T_query, T_key): a row per query, a column per key")
     assert_shape(out, (b, h, t_q, v.size(-1)), f"the output of {label}", hint="out = weights @ v")
@@ -265,8 +263,8 @@ def _check_last_rows(attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     t_k = k.size(-2)
     full = f"attention(q, k, v) for q, k, v of shape {tuple(q.shape)}"
     part = f"attention(q[:, :, -{t_q}:], k, v)"
-    full_out, full_w = _pair(_call(attention, full, q.clone(), k.clone(), v.clone(), causal=True), full)
-    out, weights = _pair(_call(attention, part, q[:, :, -t_q:].clone(), k.clone(), v.clone(), causal=True), part)
+    full_out, full_w = _pair(call_learner(attention, full, q.clone(), k.clone(), v.clone(), causal=True), full)
+    out, weights = _pair(call_learner(attention, part, q[:, :, -t_q:].clone(), k.clone(), v.clone(), causal=True), part)
     same = (f"query i of the last {t_q} is the query at position {t_k} - {t_q} + i of the full sequence: its row is "
             "that row of the full result")
     assert_close(weights, full_w[:, :, -t_q:], f"the weights of {part} vs the last {t_q} rows of {full}", **TOL,
@@ -301,7 +299,7 @@ def _check_rms_norm(RMSNorm, x: torch.Tensor, eps: float, seed: int) -> None:
     ours = RMSNorm(dim, eps=eps)
     _load(ours, ref, "RMSNorm")
     label = f"RMSNorm({dim}, eps={eps:g}) on x of shape {tuple(x.shape)}"
-    assert_close(_call(ours, label, x.clone()), ref(x), label, **TOL,
+    assert_close(call_learner(ours, label, x.clone()), ref(x), label, **TOL,
                  hint="weight * x / sqrt(mean(x**2 over the LAST dim, keepdim=True) + eps): eps inside the root")
 
 
@@ -326,7 +324,7 @@ def _check_rope(rope_cos_sin, apply_rope, t: int, heads: int, head_dim: int, the
     config = _config(hidden_size=heads * head_dim, num_attention_heads=heads, rope_theta=theta)
     cos, sin = _hf_cos_sin(config, t)
     what = f"rope_cos_sin({t}, {head_dim}, theta={theta:g})"
-    got = _call(rope_cos_sin, what, t, head_dim, theta)
+    got = call_learner(rope_cos_sin, what, t, head_dim, theta)
     check(isinstance(got, tuple) and len(got) == 2, "rope_cos_sin should return a tuple (cos, sin).")
     for name, mine, ref in (("cos", got[0], cos[0]), ("sin", got[1], sin[0])):
         assert_close(mine, ref, f"{name} of {what}", **TOL,
@@ -334,7 +332,7 @@ def _check_rope(rope_cos_sin, apply_rope, t: int, heads: int, head_dim: int, the
     x = torch.randn(batch, heads, t, head_dim)
     ref_q, _ = apply_rotary_pos_emb(x, x, cos, sin)
     label = f"apply_rope(x, cos, sin) for x of shape {tuple(x.shape)} (with transformers' cos and sin)"
-    assert_close(_call(apply_rope, label, x.clone(), cos[0], sin[0]), ref_q, label, **TOL,
+    assert_close(call_learner(apply_rope, label, x.clone(), cos[0], sin[0]), ref_q, label, **TOL,
                  hint="x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1] with x1, x2 the two halves")
 
 
@@ -359,7 +357,8 @@ def _check_mlp(MLP, d_model: int, d_ff: int, seed: int, shape: tuple[int, int] =
     _load(ours, ref, "MLP")
     x = torch.randn(*shape, d_model)
     label = f"MLP({d_model}, {d_ff}) on x of shape {tuple(x.shape)}"
-    assert_close(_call(ours, label, x.clone()), ref(x), f"{label} vs transformers' LlamaMLP (same weights)", **TOL,
+    got = call_learner(ours, label, x.clone())
+    assert_close(got, ref(x), f"{label} vs transformers' LlamaMLP (same weights)", **TOL,
                  hint="down_proj(silu(gate_proj(x)) * up_proj(x)): the SiLU goes on the gate, not on up_proj")
 
 
@@ -410,7 +409,7 @@ def _check_attention_layer(Attention, d_model: int, heads: int, batch: int, t: i
     contract = ("queries split into n_heads heads, keys and values into n_kv_heads; RoPE on q and k; key/value head j "
                 "serves the query heads j * group .. (j + 1) * group - 1 (group = n_heads // n_kv_heads), so each is "
                 "repeated group times in place along the head dimension; causal attention; heads merged; o_proj")
-    out, weights = _pair(_call(ours, f"{label}.forward", x.clone(), cos[0], sin[0],
+    out, weights = _pair(call_learner(ours, f"{label}.forward", x.clone(), cos[0], sin[0],
                                hint=contract if gqa else None), "Attention.forward")
     assert_shape(out, (batch, t, d_model), f"the output of {label}")
     assert_shape(weights, (batch, heads, t, t), f"the weights of {label}", hint="(batch, n_heads, T, T)")
@@ -475,7 +474,7 @@ def _check_block(DecoderBlock, d_model: int, heads: int, d_ff: int, eps: float, 
     with torch.no_grad():
         expected = ref(x, attention_mask=_causal_mask(t), position_embeddings=(cos, sin))
     label = f"DecoderBlock({d_model}, {heads}, {d_ff}) on x of shape {tuple(x.shape)}"
-    assert_close(_call(ours, label, x.clone(), cos[0], sin[0]), expected,
+    assert_close(call_learner(ours, label, x.clone(), cos[0], sin[0]), expected,
                  f"{label} vs transformers' LlamaDecoderLayer (same weights)", **TOL,
                  hint="h = x + self_attn(input_layernorm(x))[0]; out = h + mlp(post_attention_layernorm(h)); "
                  "if the earlier questions pass, look at the residual connections and which norm goes where")
@@ -506,7 +505,7 @@ def _check_parity(LlamaLM, config: LlamaConfig, batch: int, t: int, seed: int, d
     ids = torch.randint(0, config.vocab_size, (batch, t), generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
         expected = ref(ids).logits
-        logits = _call(ours, f"LlamaLM(config)(ids) for ids of shape {(batch, t)}", ids)
+        logits = call_learner(ours, f"LlamaLM(config)(ids) for ids of shape {(batch, t)}", ids)
     label = (f"the logits of LlamaLM ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
              f"{config.num_attention_heads} heads) vs LlamaForCausalLM with the same weights, "
              f"ids of shape {(batch, t)}")
@@ -597,7 +596,7 @@ def _count_hint(config: LlamaConfig, got: int, correct: int) -> str:
 
 def _check_count(count_parameters, config: LlamaConfig) -> None:
     what = f"count_parameters(config) for {_describe(config)}"
-    got = _as_count(_call(count_parameters, what, copy.deepcopy(config)), what)
+    got = _as_count(call_learner(count_parameters, what, copy.deepcopy(config)), what)
     correct = _meta_model(config).num_parameters()
     check(got == correct, f"{what} differs from transformers' LlamaForCausalLM(config).num_parameters().",
           hint=None if got == correct else _count_hint(config, got, correct), received=f"{got:,}",
@@ -669,7 +668,7 @@ def _flops_hint(config: LlamaConfig, t: int, got: int, correct: int) -> str:
 
 def _check_flops(forward_flops, config: LlamaConfig, t: int) -> None:
     what = f"forward_flops(config, {t}) for {_describe(config)}"
-    got = _as_count(_call(forward_flops, what, copy.deepcopy(config), t), what)
+    got = _as_count(call_learner(forward_flops, what, copy.deepcopy(config), t), what)
     correct = _counted_flops(config, t)
     check(got == correct, f"{what} differs from what FlopCounterMode counts for one forward pass on 1 x {t} tokens.",
           hint=None if got == correct else _flops_hint(config, t, got, correct), received=f"{got:,}",

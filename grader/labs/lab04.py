@@ -21,8 +21,16 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from grader.asserts import CheckFailed, assert_below, assert_close, assert_shape, assert_type, check
-from grader.grading import CheckTimeout
+from grader.asserts import (
+    CheckFailed,
+    CheckTimeout,
+    assert_below,
+    assert_close,
+    assert_shape,
+    assert_type,
+    call_learner,
+    check,
+)
 from grader.registry import Lab
 from labkit import world
 from labkit.lm import cosine_lr, heldout_loss, sequence_batch
@@ -38,16 +46,6 @@ VOCAB = world.CharTokenizer().vocab_size
 MLP_LOSS, SOLUTION_LOSS = 0.543, 0.445  # means over the three seeds
 LOSS_THRESHOLD = 0.49
 MARGIN = round(MLP_LOSS - LOSS_THRESHOLD, 2)  # how much better than the MLP passing requires: about 0.05
-
-
-def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
-    """Call learner code on an edge case; a crash there fails the check and says which input caused it."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, CheckFailed, CheckTimeout):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
 
 
 def _succeeds(fn: Callable) -> bool:
@@ -101,7 +99,7 @@ def _batch_edges(get_batch):
     g = torch.Generator().manual_seed(1)
     firsts = set()
     for _ in range(20):
-        x, y = _call(get_batch, "get_batch(ids of length 10, block_size=8, batch_size=8)", ids, 8, 8, g)
+        x, y = call_learner(get_batch, "get_batch(ids of length 10, block_size=8, batch_size=8)", ids, 8, 8, g)
         firsts |= set(x[:, 0].tolist())
         check(int(y.max()) <= 9, "a window ran past the end of ids.")
     check(firsts == {0, 1}, "Windows of 8 in 10 ids start at a set of positions other than every valid one.",
@@ -110,7 +108,7 @@ def _batch_edges(get_batch):
     for block, batch in ((8, 1), (1, 5), (7, 3)):
         what = f"get_batch(ids of length 40, block_size={block}, batch_size={batch})"
         ids = torch.arange(200, 240)
-        x, y = _call(get_batch, what, ids, block, batch, torch.Generator().manual_seed(block))
+        x, y = call_learner(get_batch, what, ids, block, batch, torch.Generator().manual_seed(block))
         ref_x, ref_y = _ref_batch(ids, block, batch, torch.Generator().manual_seed(block))
         assert_close(x, ref_x, f"x from {what}", hint="x has shape (batch_size, block_size), also for a batch "
                      "of one window or windows of one token")
@@ -209,7 +207,7 @@ def _compare_clipping(clip_grad_norm, scales: list[float], max_norm: float, seed
     if with_none:
         mine.append(torch.nn.Parameter(torch.zeros(3)))  # no .grad: must be skipped
     want = float(torch.nn.utils.clip_grad_norm_(ref, max_norm))
-    got = _call(clip_grad_norm, f"clip_grad_norm(model.parameters(), {max_norm:g}) ({what})", (p for p in mine),
+    got = call_learner(clip_grad_norm, f"clip_grad_norm(model.parameters(), {max_norm:g}) ({what})", (p for p in mine),
                 max_norm, hint="skip parameters whose .grad is None")
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
@@ -304,7 +302,7 @@ def _compare_evaluate(evaluate, n_ids: int, block: int, batch: int, seed: int) -
                  "there are only (len(ids) - 1) // block_size whole windows")
     else:
         crash = _EVAL_CONTRACT
-    out = _call(evaluate, args, model, ids, block, batch, hint=crash)
+    out = call_learner(evaluate, args, model, ids, block, batch, hint=crash)
     check(isinstance(out, tuple) and len(out) == 2, f"evaluate should return (mean_loss, perplexity); got {out!r}.")
     loss, ppl = out
     check(not any(modes), "evaluate ran the model in training mode, so dropout was on while it measured the loss.",
@@ -520,7 +518,8 @@ def _draws(sample_next, logits: torch.Tensor, n: int, temperature: float, top_k,
     """n draws for each row at once: the rows are repeated n times. Returns shape (n, rows)."""
     rows = logits.repeat(n, 1)
     what = f"sample_next(logits of shape {tuple(rows.shape)}, temperature={temperature:g}, top_k={top_k})"
-    out = _call(sample_next, what, rows, temperature, top_k, torch.Generator().manual_seed(seed), hint=_TOPK_CONTRACT)
+    out = call_learner(sample_next, what, rows, temperature, top_k, torch.Generator().manual_seed(seed),
+                       hint=_TOPK_CONTRACT)
     hint = ("return one id per row: squeeze the last dimension of multinomial's (batch, 1) result"
             if isinstance(out, torch.Tensor) and tuple(out.shape) == (len(rows), 1) else "one id per row")
     assert_shape(out, (len(rows),), what, hint=hint)
@@ -593,11 +592,11 @@ def _assert_follows(sample_next, logits, temperature: float, top_k, what: str) -
 @q.check
 def _top_k(sample_next):
     logits = _test_logits()
-    out = _call(sample_next, "sample_next(logits of shape (2, 10), 1.0, 3, generator)", logits, 1.0, 3,
+    out = call_learner(sample_next, "sample_next(logits of shape (2, 10), 1.0, 3, generator)", logits, 1.0, 3,
                 torch.Generator().manual_seed(0), hint=_TOPK_CONTRACT)
     assert_shape(out, (2,), "sample_next(logits of shape (2, 10), 1.0, 3, generator)")
     check(out.dtype == torch.long, f"sample_next should return int64 ids; got {out.dtype}.")
-    one = _call(sample_next, "sample_next(logits of shape (1, 10), 1.0, 3, generator)", logits[:1], 1.0, 3,
+    one = call_learner(sample_next, "sample_next(logits of shape (1, 10), 1.0, 3, generator)", logits[:1], 1.0, 3,
                 torch.Generator().manual_seed(0), hint=_TOPK_CONTRACT)
     assert_shape(one, (1,), "sample_next(logits of shape (1, 10), 1.0, 3, generator): one row",
                  hint="keep the batch dimension when there is one row: squeeze only the last dimension of "
@@ -623,7 +622,7 @@ def _top_k(sample_next):
         check(seen == allowed, f"With top_k=3, row {row} only ever drew {sorted(seen)} in 500 draws; "
               f"expected all of {sorted(allowed)}.", hint="keep exactly k tokens per row")
     for k in (10, 25):  # the vocabulary has 10 ids: top_k >= 10 keeps them all
-        _call(sample_next, f"sample_next(logits of shape (2, 10), 1.0, top_k={k}, generator)", logits, 1.0, k,
+        call_learner(sample_next, f"sample_next(logits of shape (2, 10), 1.0, top_k={k}, generator)", logits, 1.0, k,
               torch.Generator().manual_seed(3), hint="a top_k at least the vocabulary size keeps every token: "
               "cap k at logits.size(-1)")
     _assert_follows(sample_next, logits, 2.0, None, "the logits above")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,15 +25,14 @@ from transformers import (
 from transformers.pipelines import TextGenerationPipeline
 
 from grader.asserts import (
-    CheckFailed,
     assert_above,
     assert_below,
     assert_close,
     assert_equal,
     assert_type,
+    call_learner,
     check,
 )
-from grader.grading import CheckTimeout
 from grader.registry import Lab
 from labkit import world, zoo
 from labkit.lm import heldout_nats
@@ -78,16 +76,6 @@ def _sampling_by_default(model):
     model.generation_config.top_p = 0.9
     model.generation_config.top_k = 20
     return model
-
-
-def _call(fn: Callable, what: str, *args, hint: str | None = None, **kwargs):
-    """Call learner code on an edge case; a crash there fails the check and says which input caused it."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotImplementedError, CheckTimeout):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
 
 
 @torch.no_grad()
@@ -331,13 +319,13 @@ def _generate_edges(generate_text, ctx, base):
     for prompts, what in [(["the"], "generate_text for a batch of one prompt"),
                           (["", "on sunday, ben walked from the market to"],
                            "generate_text for an empty prompt (<bos> alone) and a long one")]:
-        got = _call(generate_text, what, model, tokenizer, prompts, greedy,
+        got = call_learner(generate_text, what, model, tokenizer, prompts, greedy,
                     hint="a batch of one prompt, or of an empty one, is still a list of prompts: return a list with "
                     "one string per prompt")
         _compare_texts(got, [_greedy(model, tokenizer, p, 12) for p in prompts], prompts, what)
     prompts = ["mia has", "the capital of"]
     what = "generate_text with max_new_tokens=1"
-    got = _call(generate_text, what, model, tokenizer, prompts, _reference_configs(1)["greedy"])
+    got = call_learner(generate_text, what, model, tokenizer, prompts, _reference_configs(1)["greedy"])
     _compare_texts(got, [_greedy(model, tokenizer, p, 1) for p in prompts], prompts, what)
 
 
@@ -353,7 +341,8 @@ def _check_pipeline(make_pipeline, complete, prompts: list[str], max_new_tokens:
     check(pipe.model is model, "The pipeline does not use the model object it was given.",
           hint="pass the model object itself: pipeline(..., model=model), not a path")
     want = [_greedy(model, tokenizer, p, max_new_tokens) for p in prompts]
-    got = _call(complete, f"complete(pipe, {len(prompts)} prompts, {max_new_tokens})", pipe, prompts, max_new_tokens,
+    what = f"complete(pipe, {len(prompts)} prompts, {max_new_tokens})"
+    got = call_learner(complete, what, pipe, prompts, max_new_tokens,
                 hint="for a list of prompts the pipeline returns one list of results per prompt; complete returns one "
                 "string per prompt")
     assert_type(got, list, f"complete(pipe, prompts, {max_new_tokens})")
@@ -421,7 +410,7 @@ def _check_ppl(perplexity, model, tokenizer, text: str, what: str, hint: str = P
     """`edge`: the hint when this input makes perplexity crash or return NaN/inf, and a crash fails the check."""
     want = _reference_ppl(model, tokenizer, text, kwargs.get("window", 128))
     if edge:
-        got = _call(perplexity, what, model, tokenizer, text, hint=edge, **kwargs)
+        got = call_learner(perplexity, what, model, tokenizer, text, hint=edge, **kwargs)
     else:
         got = perplexity(model, tokenizer, text, **kwargs)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -518,7 +507,7 @@ def _ppl_every_token_counts_once(perplexity, ctx, base):
     text, window, batch_size = _short_tail_text(tokenizer)
     what = (f"perplexity(..., window={window}, batch_size={batch_size}) of a text whose last chunk is a few tokens "
             "alone in the last batch")
-    got = _call(perplexity, what, model, tokenizer, text, window=window, batch_size=batch_size, hint=PPL_HINT)
+    got = call_learner(perplexity, what, model, tokenizer, text, window=window, batch_size=batch_size, hint=PPL_HINT)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     assert_type(got, (float, int), what, hint="return a Python float")
@@ -588,11 +577,11 @@ def _check_dataset(make_lm_dataset, tokenizer, texts: list[str], block_size: int
     what = f"make_lm_dataset(tokenizer, {kind} {len(texts)} text{'s' * (len(texts) != 1)}, block_size={block_size})"
     what = what.replace("  ", " ")
     if generator:
-        ds = _call(make_lm_dataset, what, tokenizer, (t for t in texts), block_size,
+        ds = call_learner(make_lm_dataset, what, tokenizer, (t for t in texts), block_size,
                    hint="texts may be any iterable of strings, also a generator: go through it once, text by text "
                    "(a generator is empty the second time, and the tokenizer takes only a string or a list)")
     else:
-        ds = _call(make_lm_dataset, what, tokenizer, texts, block_size)
+        ds = call_learner(make_lm_dataset, what, tokenizer, texts, block_size)
     check(hasattr(ds, "__len__") and hasattr(ds, "__getitem__"), f"{what} should return a list of dicts.")
     hint = "concatenate <bos> ids <eos> of every text, cut into blocks of block_size, drop the rest"
     if generator and len(ds) == 0 and want:
