@@ -34,6 +34,16 @@ def sequence_batch(
     return window[:, :-1], window[:, 1:]
 
 
+def document_stream(tokenizer, docs: list[str]) -> torch.Tensor:
+    """All documents as one 1-D tensor of ids, each as <bos> doc <eos> as in pretraining (a special token the
+    tokenizer lacks, like GPT-2's <bos> or Qwen2's, is left out)."""
+    bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+    ids: list[int] = []
+    for doc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids += [*([bos] if bos is not None else []), *doc, *([eos] if eos is not None else [])]
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def logits_of(output) -> torch.Tensor:
     """The logits of a model's output: a transformers model returns an object, a from-scratch one the tensor."""
     return getattr(output, "logits", output)

@@ -9,7 +9,10 @@ Two kinds of data come out of it:
 
 * ``corpus`` - simple English-like pretraining text (stories, facts, sums) about a fixed
   world, with a known entropy floor (``entropy_floor``) to compare a model's loss against.
-* ``task_examples`` - the specialist task: normalise a date written in English to ISO 8601.
+* ``TASKS`` - the specialist tasks, each with seeded train/val/test splits that never share an item, a prompt and
+  an exact-match answer parser: ``dates`` (normalise a date written in English to ISO 8601; ``task_examples`` is
+  its sampler), ``extract`` (fields of a sentence into a fixed schema), ``units`` (unit conversion) and
+  ``qa`` (questions about the world's facts, which the base model saw in pretraining).
 """
 
 from __future__ import annotations
@@ -267,31 +270,36 @@ def _ordinal(d: int) -> str:
     return f"{d}{suffix}"
 
 
-# Surface forms; numeric ones are day/month/year, as written in most of the world.
-_FORMS: tuple[Callable[[datetime.date], str], ...] = (
-    lambda t: f"{_ordinal(t.day)} of {MONTHS[t.month - 1]} {t.year}",  # 3rd of march 2021
-    lambda t: f"{MONTHS[t.month - 1]} {t.day}, {t.year}",  # march 3, 2021
-    lambda t: f"{t.day:02d}/{t.month:02d}/{t.year}",  # 03/03/2021
-    # the third of march, 2021
-    lambda t: f"the {ORDINAL_WORDS[t.day - 1]} of {MONTHS[t.month - 1]}, {t.year}",
-    lambda t: f"{t.day} {MONTHS[t.month - 1][:3]} {t.year}",  # 3 mar 2021
-    lambda t: f"{t.day:02d}.{t.month:02d}.{t.year}",  # 03.03.2021
-    lambda t: f"{MONTHS[t.month - 1]} the {_ordinal(t.day)}, {t.year}",  # march the 3rd, 2021
-    lambda t: f"{t.day}-{MONTHS[t.month - 1][:3]}-{t.year}",  # 3-mar-2021
+# Surface forms; numeric ones are day/month/year, as written in most of the world. The name is the form's slice.
+_FORMS: tuple[tuple[str, Callable[[datetime.date], str]], ...] = (
+    ("3rd of march", lambda t: f"{_ordinal(t.day)} of {MONTHS[t.month - 1]} {t.year}"),  # 3rd of march 2021
+    ("march 3,", lambda t: f"{MONTHS[t.month - 1]} {t.day}, {t.year}"),  # march 3, 2021
+    ("03/03/yyyy", lambda t: f"{t.day:02d}/{t.month:02d}/{t.year}"),  # 03/03/2021
+    ("the third of march", lambda t: f"the {ORDINAL_WORDS[t.day - 1]} of {MONTHS[t.month - 1]}, {t.year}"),
+    ("3 mar", lambda t: f"{t.day} {MONTHS[t.month - 1][:3]} {t.year}"),  # 3 mar 2021
+    ("03.03.yyyy", lambda t: f"{t.day:02d}.{t.month:02d}.{t.year}"),  # 03.03.2021
+    ("march the 3rd", lambda t: f"{MONTHS[t.month - 1]} the {_ordinal(t.day)}, {t.year}"),  # march the 3rd, 2021
+    ("3-mar", lambda t: f"{t.day}-{MONTHS[t.month - 1][:3]}-{t.year}"),  # 3-mar-2021
 )
 
 
 @dataclass(frozen=True)
 class Example:
-    """One task item: a date in words (prompt) and its ISO form (answer)."""
+    """One task item: the question (prompt), its one right answer, and the slice it is reported under."""
 
     prompt: str
     answer: str
+    slice: str = ""
+
+
+def _bucket(key: str) -> int:
+    """A stable bucket 0..99 from a sha256 of the key (not hash(), which is salted per process)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % 100
 
 
 def split_of(iso: str) -> str:
     """The split a date belongs to: a stable sha256 bucket of its ISO string (~80/10/10)."""
-    bucket = int.from_bytes(hashlib.sha256(iso.encode("utf-8")).digest()[:8], "big") % 100
+    bucket = _bucket(iso)
     return "train" if bucket < 80 else "val" if bucket < 90 else "test"
 
 
@@ -307,23 +315,33 @@ def _derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:
-    """n distinct (date, surface form) examples from a split; splits never share a date."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    dates = _split_dates(split)
-    population = len(dates) * len(_FORMS)
-    if not 0 <= n <= population:
-        raise ValueError(f"n must be in [0, {population}] for split {split!r}, got {n}")
-    rng = random.Random(_derive_seed("task", DATA_VERSION, split, seed))
-    swapped: dict[int, int] = {}  # sparse Fisher-Yates: sampling without replacement in O(n)
+def _sample_indices(population: int, n: int, rng: random.Random) -> list[int]:
+    """n distinct indices in [0, population), in O(n): a sparse Fisher-Yates shuffle cut short."""
+    swapped: dict[int, int] = {}
     out = []
     for i in range(n):
         j = rng.randrange(i, population)
-        idx = swapped.get(j, j)
+        out.append(swapped.get(j, j))
         swapped[j] = swapped.get(i, i)
-        date, form = dates[idx // len(_FORMS)], _FORMS[idx % len(_FORMS)]
-        out.append(Example(prompt=form(date), answer=date.isoformat()))
+    return out
+
+
+def _check_request(split: str, n: int, population: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if not 0 <= n <= population:
+        raise ValueError(f"n must be in [0, {population}] for split {split!r}, got {n}")
+
+
+def task_examples(split: str, n: int, seed: int = 0) -> list[Example]:
+    """n distinct (date, surface form) examples from a split; splits never share a date."""
+    dates = _split_dates(split) if split in SPLITS else ()
+    _check_request(split, n, len(dates) * len(_FORMS))
+    rng = random.Random(_derive_seed("task", DATA_VERSION, split, seed))
+    out = []
+    for idx in _sample_indices(len(dates) * len(_FORMS), n, rng):
+        date, (form_name, form) = dates[idx // len(_FORMS)], _FORMS[idx % len(_FORMS)]
+        out.append(Example(prompt=form(date), answer=date.isoformat(), slice=form_name))
     return out
 
 
@@ -345,6 +363,168 @@ def score_answers(predictions: list[str], examples: list[Example]) -> float:
         raise ValueError("score_answers needs at least one example")
     hits = sum(p.strip() == ex.answer.strip() for p, ex in zip(predictions, examples, strict=True))
     return hits / len(examples)
+
+
+# --------------------------------------------------------------------------------------------
+# More specialists: one Task interface over the date task and two tasks of other kinds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """A specialist task: seeded, non-overlapping splits, how to ask, and how to read the answer.
+
+    `query` is what a user asks (the chat template's user message); `prompt` adds the cue a plain language model
+    continues after (``"iso: "``), so the same examples serve prompting, chat fine-tuning and evaluation.
+    """
+
+    name: str
+    description: str
+    query_template: str  # "{prompt}" is the example's prompt
+    answer_cue: str  # what a plain prompt ends with; the answer follows it
+    sampler: Callable[[str, int, int], list[Example]]
+    slices: tuple[str, ...]
+    max_new_tokens: int = 16  # enough for any answer and its <eos> with the zoo tokenizer (digits are one token each)
+
+    def examples(self, split: str, n: int, seed: int = 0) -> list[Example]:
+        """n distinct examples of a split; an item's split is fixed by a hash of the item, so splits never overlap."""
+        return self.sampler(split, n, seed)
+
+    def query(self, ex: Example) -> str:
+        return self.query_template.format(prompt=ex.prompt)
+
+    def prompt(self, ex: Example) -> str:
+        """The plain (no chat template) prompt: the query, a newline and the answer cue."""
+        return f"{self.query(ex)}\n{self.answer_cue}"
+
+    def text(self, ex: Example) -> str:
+        """A plain training text: prompt, answer and a closing newline."""
+        return self.prompt(ex) + ex.answer + "\n"
+
+    @staticmethod
+    def parse(generation: str) -> str:
+        """The answer in a model's continuation: its first line, stripped (exact match compares this)."""
+        return generation.split("\n", 1)[0].strip()
+
+
+def _fact_questions() -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """(fact key, answer, phrasings) for every fact the pretraining corpus states: capitals (_t_capital), and each
+    person's home city, its country and their favourite colour (_t_lives)."""
+    facts = []
+    for country in WORLD.countries:
+        facts.append((f"capital/{country}", WORLD.cities[country][0],
+                      (f"what is the capital of {country}?", f"which city is the capital of {country}?",
+                       f"name the capital of {country}.")))
+    for p in PEOPLE:
+        home = WORLD.home[p]
+        facts.append((f"home/{p}", home, (f"where does {p} live?", f"which city does {p} live in?",
+                                         f"what is {p}'s home city?")))
+        facts.append((f"country/{p}", WORLD.country_of[home],
+                      (f"which country does {p} live in?", f"in which country is {p}'s home?",
+                       f"what country is {p} from?")))
+        facts.append((f"colour/{p}", WORLD.favourite[p],
+                      (f"what is {p}'s favourite colour?", f"which colour does {p} like best?",
+                       f"name {p}'s favourite colour.")))
+    return tuple(facts)
+
+
+_QA_SPLIT = (60, 80)  # buckets below 60 train, below 80 val, the rest test: few facts, so larger held-out splits
+
+
+@cache
+def _qa_population(split: str) -> tuple[Example, ...]:
+    out = []
+    for key, answer, phrasings in _fact_questions():
+        b = _bucket(f"qa/{key}")
+        if ("train" if b < _QA_SPLIT[0] else "val" if b < _QA_SPLIT[1] else "test") == split:
+            out += [Example(prompt=q, answer=answer, slice=key.split("/")[0]) for q in phrasings]
+    return tuple(out)
+
+
+def _qa_examples(split: str, n: int, seed: int) -> list[Example]:
+    population = _qa_population(split) if split in SPLITS else ()
+    _check_request(split, n, len(population))
+    rng = random.Random(_derive_seed("qa", DATA_VERSION, split, seed))
+    return [population[i] for i in _sample_indices(len(population), n, rng)]
+
+
+# (big unit, small unit, small units per big one, the small unit's word)
+UNITS = (("km", "m", 1000, "metres"), ("kg", "g", 1000, "grams"), ("l", "ml", 1000, "millilitres"),
+         ("m", "cm", 100, "centimetres"))
+_UNIT_FORMS: tuple[tuple[str, Callable[[int, int, tuple], str]], ...] = (
+    ("3 km 50 m", lambda a, b, u: f"{a} {u[0]} {b} {u[1]} in {u[3]}"),  # 3 km 50 m in metres
+    ("3 km and 50 m", lambda a, b, u: f"{a} {u[0]} and {b} {u[1]} in {u[3]}"),
+    ("3.050 km", lambda a, b, u: f"{a}.{b:0{len(str(u[2])) - 1}d} {u[0]} in {u[3]}"),  # 3.050 km in metres
+)
+_UNIT_MAX = 20  # the big quantity runs from 1 to 20
+
+
+@cache
+def _unit_items(split: str) -> tuple[tuple[int, int, int], ...]:
+    """(unit index, big, small) quantities of a split, decided by a hash of the quantity (~80/10/10)."""
+    out = []
+    for u, unit in enumerate(UNITS):
+        for a in range(1, _UNIT_MAX + 1):
+            for b in range(unit[2]):
+                bucket = _bucket(f"units/{unit[0]}/{a}/{b}")
+                if ("train" if bucket < 80 else "val" if bucket < 90 else "test") == split:
+                    out.append((u, a, b))
+    return tuple(out)
+
+
+def _unit_examples(split: str, n: int, seed: int) -> list[Example]:
+    items = _unit_items(split) if split in SPLITS else ()
+    _check_request(split, n, len(items) * len(_UNIT_FORMS))
+    rng = random.Random(_derive_seed("units", DATA_VERSION, split, seed))
+    out = []
+    for idx in _sample_indices(len(items) * len(_UNIT_FORMS), n, rng):
+        (u, a, b), (form_name, form) = items[idx // len(_UNIT_FORMS)], _UNIT_FORMS[idx % len(_UNIT_FORMS)]
+        out.append(Example(prompt=form(a, b, UNITS[u]), answer=str(a * UNITS[u][2] + b), slice=form_name))
+    return out
+
+
+# Extraction into a fixed schema: who, day, count and object (singular) from a sentence in one of three shapes.
+_EXTRACT_FORMS: tuple[tuple[str, Callable[[str, str, str, int, str, str], str]], ...] = (
+    ("on day, who walks", lambda a, day, city, n, col, obj: f"on {day}, {a} walks to {city} and sees {n} {col} {obj}."),
+    ("who sees ... on day", lambda a, day, city, n, col, obj: f"{a} sees {n} {col} {obj} in {city} on {day}."),
+    ("in city, on day", lambda a, day, city, n, col, obj: f"in {city}, on {day}, {a} counts {n} {col} {obj}."),
+)
+
+
+@cache
+def _extract_examples_cached(split: str, n: int, seed: int) -> tuple[Example, ...]:
+    rng = random.Random(_derive_seed("extract", DATA_VERSION, split, seed))
+    seen: set[str] = set()
+    out = []
+    while len(out) < n:  # rejection sampling: the item space (~10^8) is far larger than any request
+        a, day, city, count = rng.choice(PEOPLE), rng.choice(DAYS), rng.choice(_ALL_CITIES), rng.randint(2, 20)
+        col, obj, (form_name, form) = rng.choice(COLOURS), rng.choice(OBJECTS), rng.choice(_EXTRACT_FORMS)
+        item = f"extract/{a}/{day}/{city}/{count}/{col}/{obj[0]}"  # the split goes by the facts, not the sentence shape
+        key = f"{item}/{form_name}"
+        b = _bucket(item)
+        if ("train" if b < 80 else "val" if b < 90 else "test") != split or key in seen:
+            continue
+        seen.add(key)
+        out.append(Example(prompt=form(a, day, city, count, col, obj[1]),
+                           answer=f"who={a} day={day} count={count} object={obj[0]}", slice=form_name))
+    return tuple(out)
+
+
+def _extract_examples(split: str, n: int, seed: int) -> list[Example]:
+    _check_request(split, n, 10**6)
+    return list(_extract_examples_cached(split, n, seed))
+
+
+TASKS: dict[str, Task] = {
+    "dates": Task("dates", "normalise a date written in English to ISO 8601 (yyyy-mm-dd)", "date: {prompt}",
+                  "iso: ", task_examples, tuple(name for name, _ in _FORMS)),
+    "qa": Task("qa", "answer a question about the world's facts (seen in pretraining stories) with one word",
+               "question: {prompt}", "answer: ", _qa_examples, ("capital", "home", "country", "colour")),
+    "extract": Task("extract", "extract who, which day, how many and what (singular) into a fixed schema",
+                    "extract: {prompt}", "fields: ", _extract_examples, tuple(name for name, _ in _EXTRACT_FORMS), 40),
+    "units": Task("units", "convert a quantity in two units to the smaller unit (digits only)", "convert: {prompt}",
+                  "answer: ", _unit_examples, tuple(name for name, _ in _UNIT_FORMS)),
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from transformers import (
 
 from labkit import world
 from labkit.bpe import byte_level_bpe
-from labkit.lm import cosine_lr, heldout_nats
+from labkit.lm import cosine_lr, document_stream, heldout_nats
 
 __all__ = ["RECIPES", "Recipe", "base_model_path", "cache_dir", "cache_problem", "heldout_loss", "load_base_model",
            "model_info"]
@@ -62,9 +62,23 @@ __all__ = ["RECIPES", "Recipe", "base_model_path", "cache_dir", "cache_problem",
 CACHE_ENV = "SPECIALIST_LABS_CACHE"
 META_FILE = "labkit.json"
 # Bump when the build code changes what a recipe produces: every cached model then counts as stale.
-ZOO_VERSION = 1
+ZOO_VERSION = 2  # 2: the tokenizer has a chat template
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2
 PAD, BOS, EOS = SPECIAL_TOKENS
+# The zoo tokenizer's chat template, so `tokenizer.apply_chat_template` works as for a real chat model:
+#   <bos>user:\n{question}\nassistant:\n{answer}<eos>
+# The generation prompt ends with a newline, so the answer's first token never merges with the prompt's last one:
+# the tokens of prompt + answer start with the tokens of the prompt. {% generation %} marks the assistant's tokens
+# (return_assistant_tokens_mask=True), <eos> included: a fine-tuned model learns to stop.
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- 'assistant:\\n' -}}{% generation %}{{- message['content'] + eos_token -}}{% endgeneration %}"
+    "{%- else -%}{{- message['role'] + ':\\n' + message['content'] + '\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'assistant:\\n' -}}{%- endif -%}"
+)
 
 
 @dataclass(frozen=True)
@@ -251,15 +265,8 @@ def _train_tokenizer(recipe: Recipe) -> PreTrainedTokenizerFast:
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
         clean_up_tokenization_spaces=False,  # decode(encode(text)) == text
         model_max_length=recipe.context,
+        chat_template=CHAT_TEMPLATE,
     )
-
-
-def _token_stream(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> torch.Tensor:
-    """All documents as one 1-D tensor of ids: <bos> doc <eos> <bos> doc <eos> ..."""
-    ids: list[int] = []
-    for doc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        ids += [tokenizer.bos_token_id, *doc, tokenizer.eos_token_id]
-    return torch.tensor(ids, dtype=torch.long)
 
 
 def _new_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
@@ -332,7 +339,7 @@ def heldout_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r: 
     """
     docs = world.documents(r.heldout_chars, r.heldout_seed)
     text = "".join(docs)
-    stream = _token_stream(tokenizer, docs)
+    stream = document_stream(tokenizer, docs)
     nats, tokens = heldout_nats(model, stream, r.context, batch_size)
     return {
         "seed": r.heldout_seed,
@@ -349,7 +356,7 @@ def _build(name: str, recipe: Recipe, out: Path) -> dict:
     """Train tokenizer and model from scratch, measure, and save both plus labkit.json into `out`."""
     start = time.perf_counter()
     tokenizer = _train_tokenizer(recipe)
-    stream = _token_stream(tokenizer, world.documents(recipe.train_chars, recipe.seed))
+    stream = document_stream(tokenizer, world.documents(recipe.train_chars, recipe.seed))
     model = _new_model(recipe, tokenizer)
     train = _pretrain(model, stream, recipe, desc=f"pretraining {name}")
     held = heldout_loss(model, tokenizer, recipe)

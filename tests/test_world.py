@@ -279,3 +279,70 @@ def test_corpus_choices_map_injectively_to_text():
         doc = chooser.pick(world._TEMPLATES)(chooser)
         assert seen.setdefault(doc, tuple(chooser.log)) == tuple(chooser.log), doc
     assert len(seen) > 10_000
+
+
+# --------------------------------------------------------------------------------------------
+# The other specialist tasks, through the one Task interface
+# --------------------------------------------------------------------------------------------
+
+
+def _item(task: str, ex) -> str:
+    """What decides an example's split: the date, the fact, the quantity, the extracted facts (not the wording)."""
+    if task == "dates":
+        return ex.answer
+    if task == "qa":
+        return next(key for key, _, phrasings in world._fact_questions() if ex.prompt in phrasings)
+    if task == "units":
+        return ex.answer + "/" + ex.prompt.rsplit(" in ", 1)[1]  # 3050 metres and 3050 grams are different items
+    m = re.search(r" (\d+) ([a-z]+) ([a-z]+)", ex.prompt)  # the count, colour and object of an extract sentence
+    city = re.search(r"(?:to|in) ([a-z]+)", ex.prompt)[1]
+    return f"{ex.answer}/{m[2]}/{city}"
+
+
+@pytest.mark.parametrize("name", sorted(world.TASKS))
+def test_every_task_has_disjoint_seeded_splits_and_parses_its_answers(name):
+    task = world.TASKS[name]
+    tok = world.CharTokenizer()
+    items = {}
+    for split in world.SPLITS:
+        n = len(world._qa_population(split)) if name == "qa" else 600  # qa: every question of the split
+        a, b, c = task.examples(split, n, seed=3), task.examples(split, n, seed=3), task.examples(split, n, seed=4)
+        assert a == b and len(set(a)) == n, "same seed, same examples, no repeats"
+        assert a != c, "another seed, another sample (or order)"
+        items[split] = {_item(name, ex) for ex in a}
+        for ex in a:
+            tok.encode(task.text(ex))  # every character is in CHARSET
+            assert ex.slice in task.slices
+            assert task.parse(ex.answer + "\nmore text") == ex.answer
+            assert task.prompt(ex).endswith(task.answer_cue) and task.query(ex) in task.prompt(ex)
+        assert {ex.slice for ex in a} == set(task.slices), "every slice occurs"
+    assert not items["train"] & items["test"] and not items["train"] & items["val"] and not items["val"] & items["test"]
+    with pytest.raises(ValueError, match="split"):
+        task.examples("dev", 1)
+
+
+def test_task_answers_are_right():
+    for ex in world.TASKS["units"].examples("train", 300, seed=0):
+        a, big, b, small = re.fullmatch(r"(\d+) (\w+) (?:and )?(\d+) (\w+) in \w+", ex.prompt).groups() \
+            if "." not in ex.prompt.split(" in ")[0] else (None,) * 4
+        if a is None:
+            whole, frac, big = re.fullmatch(r"(\d+)\.(\d+) (\w+) in \w+", ex.prompt).groups()
+            factor = {u[0]: u[2] for u in world.UNITS}[big]
+            assert len(frac) == len(str(factor)) - 1
+            assert int(ex.answer) == int(whole) * factor + int(frac)
+        else:
+            assert int(ex.answer) == int(a) * {u[0]: u[2] for u in world.UNITS}[big] + int(b)
+    w = world.WORLD
+    for ex in world.TASKS["qa"].examples("train", len(world._qa_population("train")), seed=0):
+        key = _item("qa", ex)
+        kind, subject = key.split("/")
+        truth = {"capital": lambda s: w.cities[s][0], "home": lambda s: w.home[s],
+                 "country": lambda s: w.country_of[w.home[s]], "colour": lambda s: w.favourite[s]}[kind](subject)
+        assert ex.answer == truth and ex.slice == kind
+    for ex in world.TASKS["extract"].examples("test", 300, seed=0):
+        fields = dict(kv.split("=") for kv in ex.answer.split())
+        assert list(fields) == ["who", "day", "count", "object"]
+        words = ex.prompt.rstrip(".").replace(",", "").split()
+        assert fields["who"] in words and fields["day"] in words and fields["count"] in words
+        plural = dict(world.OBJECTS)[fields["object"]]
+        assert plural in words
