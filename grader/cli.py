@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +14,7 @@ if TYPE_CHECKING:
     from grader.limits import Limits
 
 EXIT_FULL, EXIT_POINTS_LOST, EXIT_UNUSABLE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a process ended by SIGPIPE
 ROOT_HINT = "run from the course folder (the one holding solutions/ and labs/)"
 
 
@@ -72,16 +76,107 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from grader.registry import all_labs
 
     folder = Path(args.folder) if args.folder else None
+    results: list[str] = []
+    n_results = 0
     for lab in all_labs():
-        line = f"{lab.id}  {lab.title:<48} {len(lab.questions):>2} questions  {lab.max_score:g} pts"
+        reference = _released(lab.id)
+        line = f"{lab.id}  {lab.title:<48} {len(lab.questions):>2} questions  {lab.max_score:>3g} pts"
         if folder is not None:
-            line += "  " + _progress(folder, lab)
+            line += "  " + _progress(folder, lab, reference)
+        elif reference is not None:
+            line += f"  {sum(_release_stubs(c.source) for c in _code(reference)):>2} exercises"
+        graded = _result_questions(lab, reference if reference is not None else _course_notebook(lab.id))
+        if graded:
+            results.append(f"{', '.join(graded)} ({lab.id})")
+            n_results += len(graded)
+            line += f"  (+ {', '.join(graded)}: {'grades a result' if len(graded) == 1 else 'grade results'})"
         print(line)
+    print(textwrap.fill(
+        "A question is what is graded; an exercise is a `raise NotImplementedError` stub you replace with your code. "
+        "A question may grade several exercises, or none of its own"
+        + (f": {', '.join(results)} {'grades' if n_results == 1 else 'grade'} what your code built or trained."
+           if results else "."), width=116))
     return 0
 
 
-def _progress(folder: Path, lab) -> str:
-    """How far a learner's notebook is, without running it: which stubs are still there."""
+_STUB = re.compile(r"^[ \t]*raise[ \t]+NotImplementedError\b", re.MULTILINE)
+
+
+def _stubs(source: str) -> int:
+    """`raise NotImplementedError` statements still in a cell: comments (`# YOUR CODE HERE`) do not count."""
+    return len(_STUB.findall(source))
+
+
+def _code(nb) -> list:
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _course_root() -> Path:
+    import grader
+
+    return Path(grader.__file__).resolve().parent.parent
+
+
+def _course_notebook(lab_id: str):
+    """The course's learner copy labs/NN_*.ipynb (its structure, not its progress), or None."""
+    from grader.runner import UnusableInput, read_notebook
+
+    for root in dict.fromkeys((Path.cwd(), _course_root())):
+        for path in sorted((root / "labs").glob(f"{lab_id}_*.ipynb")):
+            try:
+                return read_notebook(path)
+            except UnusableInput:
+                continue
+    return None
+
+
+def _released(lab_id: str):
+    """The learner notebook as `grader release` makes it from solutions/ (an instructor's checkout), or None."""
+    import nbformat
+
+    from grader.release import ReleaseError, release_notebook
+
+    for root in dict.fromkeys((Path.cwd(), _course_root())):
+        for path in sorted((root / "solutions").glob(f"{lab_id}_*.ipynb")):
+            try:
+                text = path.read_text(encoding="utf-8")
+                return release_notebook(nbformat.reads(text, as_version=nbformat.NO_CONVERT))
+            except (OSError, ValueError, ReleaseError):
+                continue
+    return None
+
+
+def _defined_in_code(nb) -> set[str]:
+    """Names a notebook defines with `def` or `class`: the code a learner writes (or is given), not values."""
+    import ast
+
+    names: set[str] = set()
+    for cell in _code(nb):
+        try:
+            tree = ast.parse("\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        names |= {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    return names
+
+
+def _result_questions(lab, nb) -> list[str]:
+    """Questions that grade a value the notebook computed (a trained model, a tokenizer), not a function or class:
+    they have no exercise cell of their own, which is why a lab can list more questions than exercises."""
+    if nb is None:
+        return []
+    code = _defined_in_code(nb)
+    return [q.id for q in lab.questions.values() if q.uses and not set(q.uses) & code]
+
+
+def _progress(folder: Path, lab, reference=None) -> str:
+    """How far a learner's notebook is, without running it: which of the release's stubs are gone.
+
+    An exercise is started when its `raise NotImplementedError` is gone from the cell the release put it in
+    (found by cell id, else by the names the cell defines), whatever the comments around it. Without the
+    release to compare with (no solutions/ in a learner's copy of the course), it counts the stubs left.
+    """
+    from grader.cells import cell_names
     from grader.runner import UnusableInput, read_notebook
 
     matches = sorted(folder.glob(f"{lab.id}_*.ipynb"))
@@ -91,10 +186,32 @@ def _progress(folder: Path, lab) -> str:
         nb = read_notebook(matches[0])
     except UnusableInput:
         return "(unreadable notebook)"
-    code = [c.source for c in nb.cells if c.cell_type == "code"]
-    stubs = sum(src.count("raise NotImplementedError(\"Your code here") for src in code)
-    total = sum(src.count("YOUR CODE HERE") for src in code) or stubs
-    return f"{total - stubs}/{total} exercises started" if total else "(no exercises found)"
+    mine = _code(nb)
+    if reference is None:
+        left = sum(_stubs(c.source) for c in mine)
+        return f"{left} exercise{'s' if left != 1 else ''} left to write" if left else "no exercise left to write"
+    by_id = {c.get("id"): c for c in mine if c.get("id")}
+    total = started = 0
+    for ref in _code(reference):
+        stubs = _release_stubs(ref.source)
+        if not stubs:
+            continue
+        given = _stubs(ref.source) - stubs  # a `raise NotImplementedError` the lab gives, not one to replace
+        total += stubs
+        cell = by_id.get(ref.get("id"))
+        if cell is None:  # a notebook saved without cell ids, or a cell pasted anew: the one defining the same names
+            wanted = cell_names(ref.source).binds
+            cell = next((c for c in mine if wanted and wanted <= cell_names(c.source).binds), None)
+        left = min(stubs, max(0, _stubs(cell.source) - given)) if cell is not None else 0
+        started += stubs - left
+    return f"{started}/{total} exercises started" if total else "(no exercises found)"
+
+
+def _release_stubs(source: str) -> int:
+    """The stubs `grader release` put in a cell."""
+    from grader.release import CODE_STUB
+
+    return sum(1 for line in source.splitlines() if line.strip() == CODE_STUB[1])
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -262,4 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # a pipe's buffer is written here: a reader that left (`| head`) is found now
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _quiet_stdout() -> None:
+    """The reader of our output left (`grader list | head -1`): stop quietly, as `ls | head` does. Point stdout at
+    /dev/null so that the interpreter's last flush at exit does not raise the same error again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        pass

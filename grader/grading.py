@@ -233,6 +233,117 @@ def _raised_not_implemented(exc: BaseException) -> bool:
     return False
 
 
+# The release's stub says this (grader.release.CODE_STUB): a learner object whose code still holds it is not written.
+_STUB_TEXT = "Your code here"
+
+
+def _code_objects(obj: Any, namespace: Mapping[str, Any]) -> Iterator[Any]:
+    """The code of a learner function, or of the methods of a learner class (and of the learner classes it derives
+    from), nested functions included."""
+    if inspect.isclass(obj):
+        classes = [c for c in obj.__mro__ if c is obj or any(v is c for v in namespace.values())]
+        resolved = {name: m for c in reversed(classes) for name, m in vars(c).items()}  # what runs: overrides win
+        members = list(resolved.values())
+    else:
+        members = [obj]
+    stack = []
+    for m in members:
+        m = m.fget if isinstance(m, property) else getattr(m, "__func__", m)  # properties, static/class methods
+        try:
+            m = inspect.unwrap(m)  # @torch.no_grad(), functools.wraps
+        except ValueError:
+            pass
+        if inspect.isfunction(m):
+            stack.append(m.__code__)
+    while stack:
+        code = stack.pop()
+        yield code
+        stack.extend(c for c in code.co_consts if inspect.iscode(c))
+
+
+def _is_stub(obj: Any, namespace: Mapping[str, Any]) -> bool:
+    """A learner function or class whose code still raises the release's stub."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj) or hasattr(obj, "__wrapped__")):
+        return False
+    return any(
+        "NotImplementedError" in code.co_names
+        and any(isinstance(c, str) and c.startswith(_STUB_TEXT) for c in code.co_consts)
+        for code in _code_objects(obj, namespace)
+    )
+
+
+def _raisers(exc: BaseException, namespace: Mapping[str, Any]) -> list[str]:
+    """Learner functions and classes in whose code the NotImplementedError was raised (any exception in the chain)."""
+    codes = set()
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NotImplementedError) and exc.__traceback__ is not None:
+            tb = exc.__traceback__
+            while tb.tb_next is not None:
+                tb = tb.tb_next
+            codes.add(tb.tb_frame.f_code)
+        exc = exc.__cause__ or exc.__context__
+    if not codes:
+        return []
+    return [name for name, obj in namespace.items()
+            if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and codes & set(_code_objects(obj, namespace))]
+
+
+def _stub_causes(q: Question, namespace: Mapping[str, Any], exc: BaseException | None = None) -> list[str]:
+    """The learner objects that still raise NotImplementedError behind question `q`, in the course's order: its own
+    objects, the class of a value it uses, what the questions it builds on use, and whatever raised `exc`.
+    Only feedback depends on it: any surprise in the learner's objects gives [] (the plain message), never an error."""
+    try:
+        return _find_stub_causes(q, namespace, exc)
+    except Exception:
+        return []
+
+
+def _find_stub_causes(q: Question, namespace: Mapping[str, Any], exc: BaseException | None) -> list[str]:
+    upstream = q.lab.upstream(q.id) if q.lab is not None else []
+    candidates = list(q.uses)
+    for name in q.uses:
+        if name in namespace and not (inspect.isfunction(namespace[name]) or inspect.isclass(namespace[name])):
+            cls = type(namespace[name])  # `model` is an MLPLM: is MLPLM written?
+            candidates += [n for n, v in namespace.items() if v is cls]
+    candidates += [n for u in upstream for n in q.lab.questions[u].uses]
+    causes = [n for n in dict.fromkeys(candidates) if n in namespace and _is_stub(namespace[n], namespace)]
+    if exc is not None:
+        causes += [n for n in _raisers(exc, namespace) if n not in causes]
+    return causes
+
+
+def _names(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names] or ["this question's objects"]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _raise(names: list[str]) -> str:
+    return "raises" if len(names) == 1 else "raise"
+
+
+def _them(names: list[str]) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
+def not_implemented_message(q: Question, namespace: Mapping[str, Any], exc: BaseException | None = None) -> str:
+    """What to write first when a question's check met a NotImplementedError.
+
+    Names the functions and classes that still raise it, not only the objects the question checks: a trained
+    `model` is not where the stub is; the `MLPLM` and `train_step` it was built with are.
+    """
+    causes = _stub_causes(q, namespace, exc)
+    own = [n for n in causes if n in q.uses] or (list(q.uses) if not causes else [])
+    if own:
+        return (f"Not implemented yet: {_names(own)} still {_raise(own)} NotImplementedError. "
+                "Replace the `raise NotImplementedError(...)` line with your code.")
+    return (f"Not implemented yet: {_names(list(q.uses))} {'depends' if len(q.uses) == 1 else 'depend'} on "
+            f"{_names(causes)}, which still {_raise(causes)} NotImplementedError. Write {_them(causes)} first "
+            "(replace the `raise NotImplementedError(...)` line), then run the cells from there on again.")
+
+
 def redact(failure: CheckFailed, secrets: list[str]) -> str:
     """A hidden check's failure as the learner sees it: expected values hidden, also where free text names them."""
     text = failure.render(reveal=False)
@@ -272,12 +383,15 @@ def run_question(
     missing = [n for n in q.uses if n not in namespace]
     if missing:
         names = ", ".join(f"`{n}`" for n in missing)
-        result = QuestionResult.of(
-            q,
-            Status.NOT_IMPLEMENTED,
-            f"Not implemented yet: {names} is not defined. Write it in the cell marked "
-            "'YOUR CODE HERE' for this question and run that cell.",
-        )
+        causes = _stub_causes(q, namespace)
+        if causes:  # a value the notebook builds from exercises that are not written yet
+            msg = (f"Not implemented yet: {names} is not defined: it is built with {_names(causes)}, which still "
+                   f"{_raise(causes)} NotImplementedError. Write {_them(causes)} first (replace the "
+                   "`raise NotImplementedError(...)` line), then run the cells from there on again.")
+        else:
+            msg = (f"Not implemented yet: {names} is not defined. Write it in the cell marked "
+                   "'YOUR CODE HERE' for this question and run that cell.")
+        result = QuestionResult.of(q, Status.NOT_IMPLEMENTED, msg)
         result.missing = tuple(missing)
         return result
     checks = q.checks if include_hidden else q.public_checks
@@ -314,13 +428,7 @@ def _run_check(q: Question, check: Check, namespace, ctx: Context, fixtures: Fix
         return QuestionResult.of(q, Status.FAILED, f"[hidden check] {text}" if check.hidden else text, check.hidden)
     except Exception as exc:
         if _raised_not_implemented(exc):
-            names = ", ".join(f"`{n}`" for n in q.uses)
-            return QuestionResult.of(
-                q,
-                Status.NOT_IMPLEMENTED,
-                f"Not implemented yet: {names} still raises NotImplementedError. "
-                "Replace the `raise NotImplementedError(...)` line with your code.",
-            )
+            return QuestionResult.of(q, Status.NOT_IMPLEMENTED, not_implemented_message(q, namespace, exc))
         msg = f"Your code raised {type(exc).__name__}: {exc}{_learner_location(exc)}"
         return QuestionResult.of(q, Status.ERROR, msg, check.hidden)
     return None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
+
+if TYPE_CHECKING:
+    from labkit.measure import Benchmark
 
 
 def loss_curve(
@@ -30,17 +34,47 @@ def loss_curve(
     return fig
 
 
-def bars(values: dict[str, float], title: str, ylabel: str):
-    """A labelled bar chart: memory per configuration, time per method, ..."""
+def bars(values: Mapping[str, float | Benchmark], title: str, ylabel: str):
+    """A labelled bar chart: memory per configuration, time per method, ...
+
+    A value may be a measurement (`labkit.benchmark(...)`, or its `.rate(work)`): its bar is the median, with
+    the interquartile range as a thick error bar and min-max as a thin one, so the spread is there to see.
+    When a measurement is unreliable (the machine was busy), the title says so in red.
+    """
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(values)
-    ax.bar(names, [values[n] for n in names])
+    heights = [_median(values[n]) for n in names]
+    ax.bar(names, heights, alpha=0.75 if any(_is_measurement(v) for v in values.values()) else 1.0)
+    measured = [i for i, n in enumerate(names) if _is_measurement(values[n])]
+    if measured:
+        ms = [values[names[i]] for i in measured]
+        mid = [m.median for m in ms]
+        ax.errorbar(measured, mid, yerr=[[m.median - m.min for m in ms], [m.max - m.median for m in ms]],
+                    fmt="none", ecolor="0.45", elinewidth=1, capsize=3, label="min-max")
+        ax.errorbar(measured, mid, yerr=[[m.median - m.q1 for m in ms], [m.q3 - m.median for m in ms]],
+                    fmt="none", ecolor="black", elinewidth=3, capsize=6, label="interquartile range")
+        ax.legend(loc="best", fontsize=8, title="bar: median", title_fontsize=8)
     for i, n in enumerate(names):
-        ax.annotate(f"{values[n]:.3g}", (i, values[n]), ha="center", va="bottom")
-    ax.set_title(title)
+        top = values[n].max if _is_measurement(values[n]) else heights[i]
+        ax.annotate(f"{heights[i]:.3g}", (i, top), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom")
+    busy = [n for n in names if _is_measurement(values[n]) and not values[n].reliable]
+    if busy:
+        ax.set_title(f"{title}\nMachine busy: spread too wide, numbers unreliable ({', '.join(busy)})",
+                     color="#b00020")
+    else:
+        ax.set_title(title)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
     return fig
+
+
+def _is_measurement(value) -> bool:
+    return all(hasattr(value, a) for a in ("median", "q1", "q3", "min", "max", "reliable"))
+
+
+def _median(value) -> float:
+    return float(value.median) if _is_measurement(value) else float(value)
 
 
 def heatmap(matrix, title: str, xlabels: Sequence[str] | None = None, ylabels: Sequence[str] | None = None):

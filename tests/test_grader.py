@@ -149,6 +149,62 @@ def test_statuses_cover_every_outcome():
     assert r.status == "failed" and r.feedback.startswith("[hidden check]") and "10" not in r.feedback
 
 
+def _lm_lab() -> Lab:
+    """Lab 01's shape: a class and a training step to write, and a question on the model they produce."""
+    lab = Lab("96", "a model built from exercises")
+    lab.question("forward", points=1, uses=("Net",), title="forward").check(lambda Net: Net()(1.0))
+    lab.question("step", points=1, uses=("train_step", "Net"), title="step").check(
+        lambda train_step, Net: train_step(Net()) + Net()(1.0))
+    lab.question("trained", points=1, uses=("model",), title="trained", builds_on=("forward", "step")).check(
+        lambda model: model(1.0))
+    lab.question("uses_helper", points=1, uses=("loss",), title="loss").check(lambda loss: loss(1.0))
+    return lab
+
+
+class _Net(torch.nn.Module):
+    @torch.no_grad()
+    def forward(self, x):
+        # YOUR CODE HERE
+        raise NotImplementedError("Your code here: see the instructions above.")
+
+
+def _train_step(model):
+    raise NotImplementedError("Your code here: see the instructions above.")
+
+
+def _softmax(x):
+    # the learner deleted the comment, the stub is still there
+    raise NotImplementedError("Your code here: see the instructions above.")
+
+
+def test_not_implemented_names_the_unwritten_code_behind_a_derived_value():
+    lab = _lm_lab()
+    ns = {"Net": _Net, "train_step": _train_step, "model": _Net(), "loss": lambda x: _softmax(x), "softmax": _softmax}
+    r = _status(lab, "trained", ns)
+    assert r.status == "not_implemented" and r.feedback.startswith("Not implemented yet")
+    assert "`model` depends on `Net` and `train_step`, which still raise NotImplementedError" in r.feedback
+    assert "`model` still raises" not in r.feedback
+    # a question on the objects themselves names those that are stubs, not the ones already written
+    r = _status(lab, "step", ns)
+    assert "`train_step` and `Net` still raise NotImplementedError" in r.feedback
+    r = _status(lab, "step", {**ns, "train_step": lambda model: 0.0})
+    assert "Not implemented yet: `Net` still raises NotImplementedError" in r.feedback
+    # no builds_on: the traceback names the function that raised, which the learner's own code called
+    r = _status(lab, "uses_helper", ns)
+    assert "`loss` depends on `softmax`, which still raises" in r.feedback, r.feedback
+    # once the class is written, only the training step is left
+    class Written(_Net):
+        def forward(self, x):
+            return x
+
+    r = _status(lab, "trained", {**ns, "Net": Written, "model": Written()})
+    assert r.status == "passed"
+    # the value was never built: not defined, because of the stubs it is built with
+    r = _status(lab, "trained", {"Net": _Net, "train_step": _train_step})
+    assert r.status == "not_implemented" and r.missing == ("model",)
+    assert "`model` is not defined: it is built with `Net` and `train_step`, which still raise" in r.feedback
+
+
 def test_gpu_question_is_skipped_not_zeroed_on_cpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -221,11 +277,11 @@ def tensor_nbytes(t):
 def test_check_in_plain_python_prints_a_panel(capsys):
     check("tensor_nbytes")  # finds tensor_nbytes in this module's globals, like a notebook's
     out = capsys.readouterr().out
-    assert "tensor_nbytes" in out and "passed (2/2 pts)" in out and "hidden check" in out
+    assert "[passed] tensor_nbytes" in out and "(2/2 pts)" in out and "hidden check" in out
     wrong = {"tensor_nbytes": lambda t: t.numel() * 4}
     check("tensor_nbytes", namespace=wrong)
     out = capsys.readouterr().out
-    assert "failed (0/2 pts)" in out and "Hint" in out
+    assert "[failed] tensor_nbytes" in out and "(0/2 pts)" in out and "Hint" in out
 
 
 def test_check_accepts_the_object_itself(capsys):
@@ -233,7 +289,7 @@ def test_check_accepts_the_object_itself(capsys):
         raise NotImplementedError("Your code here")
 
     check(move_batch)
-    assert "not implemented yet" in capsys.readouterr().out
+    assert "[not implemented] move_batch" in capsys.readouterr().out
     with pytest.raises(ValueError):
         check(42)
 
@@ -241,13 +297,13 @@ def test_check_accepts_the_object_itself(capsys):
 def test_check_all_runs_every_public_question(capsys):
     check_all("00", namespace={"tensor_nbytes": tensor_nbytes})
     out = capsys.readouterr().out
-    assert out.count("not implemented yet") == 2 and "tensor_nbytes" in out
+    assert out.count("[not implemented]") == 2 and "tensor_nbytes" in out
 
 
 def test_feedback_renders_text_and_escaped_html():
     lab = _toy_lab()
     r = _status(lab, "double", {"double": lambda x: x})
-    assert "❌ double" in render_text([r])
+    assert "[failed] double" in render_text([r])
     r.feedback = "<script>alert(1)</script>"
     assert "<script>" not in render_html([r]) and "&lt;script&gt;" in render_html([r])
 
@@ -259,12 +315,85 @@ def test_cli_list_and_progress(tmp_path, capsys):
     assert cli_main(["list"]) == 0
     out = capsys.readouterr().out
     assert "00  Setup and how this course works" in out and "01  From tensors" in out
+    lab01 = next(line for line in out.splitlines() if line.startswith("01 "))
+    # seven questions, six exercises, and the line says why: trained_lm grades the trained model, not a cell of code
+    assert "7 questions" in lab01 and "6 exercises" in lab01 and "trained_lm: grades a result" in lab01
+    words = " ".join(out.split())
+    assert "trained_lm (01)" in words and "grade what your code built or trained" in words
     from conftest import LABS
 
     (tmp_path / "00_setup.ipynb").write_text((LABS / "00_setup.ipynb").read_text())
     assert cli_main(["list", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "0/3 exercises started" in out and "(no notebook)" in out
+
+
+def _lab01_progress(tmp_path, edit, reference: bool = True) -> str:
+    import nbformat
+    from conftest import LABS
+
+    from grader.cli import _progress, _released
+
+    nb = nbformat.read(LABS / "01_tensors_to_lm.ipynb", as_version=4)
+    import re
+
+    edit({re.search(r"(?:def|class) (\w+)", c.source).group(1): c for c in nb.cells
+          if "raise NotImplementedError" in c.source}, nb)
+    nbformat.write(nb, tmp_path / "01_tensors_to_lm.ipynb")
+    return _progress(tmp_path, load_lab("01"), _released("01") if reference else None)
+
+
+STUB = 'raise NotImplementedError("Your code here: see the instructions above.")'
+
+
+def test_progress_counts_the_releases_stubs_whatever_the_comments(tmp_path):
+    def nothing(cells, nb):
+        assert sorted(cells) == ["MLPLM", "bigram_probs", "ce_grad", "sample", "softmax", "train_step"]
+
+    assert _lab01_progress(tmp_path, nothing) == "0/6 exercises started"
+
+    def softmax_written_and_its_comment_deleted(cells, nb):
+        cells["softmax"].source = cells["softmax"].source.replace(f"# YOUR CODE HERE\n    {STUB}", "return x")
+
+    assert _lab01_progress(tmp_path, softmax_written_and_its_comment_deleted) == "1/6 exercises started"
+
+    def only_comments_changed(cells, nb):
+        cells["ce_grad"].source = cells["ce_grad"].source.replace("# YOUR CODE HERE\n", "")
+        cells["sample"].source = cells["sample"].source.replace("# YOUR CODE HERE", "# working on it")
+
+    assert _lab01_progress(tmp_path, only_comments_changed) == "0/6 exercises started"
+
+    def stubs_commented_out_moved_and_ids_lost(cells, nb):
+        cells["MLPLM"].source = cells["MLPLM"].source.replace(STUB, "# " + STUB + "\n        return x")
+        cells["train_step"].source = cells["train_step"].source.replace(STUB, "return 0.0")
+        for cell in nb.cells:
+            cell.pop("id", None)  # a notebook saved without cell ids: cells are found by the names they define
+        nb.nbformat_minor = 4
+
+    assert _lab01_progress(tmp_path, stubs_commented_out_moved_and_ids_lost) == "2/6 exercises started"
+
+
+def test_progress_without_solutions_counts_the_stubs_left(tmp_path):
+    def one_done(cells, nb):
+        cells["softmax"].source = cells["softmax"].source.replace(STUB, "return x")
+
+    assert _lab01_progress(tmp_path, one_done, reference=False) == "5 exercises left to write"
+
+
+def test_cli_output_piped_into_head_ends_quietly(tmp_path):
+    """`grader list labs/ | head -1`: the reader leaves after one line; no BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # a write per line: the second one finds the reader gone
+    cmd = f"'{sys.executable}' -m grader list labs/ | head -1; echo \"rc=${{PIPESTATUS[0]}}\" >&2"
+    proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.startswith("00  Setup") and proc.stdout.count("\n") == 1, proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert "rc=141" in proc.stderr, proc.stderr
 
 
 def test_cli_doctor_reports_versions(capsys):

@@ -70,11 +70,12 @@ def test_timer_benchmark_and_flops():
         naps.append(time.perf_counter() - start)
 
     outer = time.perf_counter()
-    median = labkit.benchmark(nap, warmup=1, repeat=3)
+    result = labkit.benchmark(nap, warmup=1, repeat=3, max_seconds=0.0)
     outer = time.perf_counter() - outer
-    assert len(naps) == 4  # one warm-up call, three timed ones
-    assert 0.009 < median and sorted(naps[1:])[1] <= median  # the median of the timed calls, each timed whole
-    assert median <= outer / 2  # per call, not the total: median + slowest <= all three timed calls <= outer
+    assert len(naps) == 4 == result.n + 1  # one warm-up call, three timed ones (a cap of 0 s stops at the minimum)
+    assert 0.009 < result.min and sorted(naps[1:])[1] <= result.median  # the median of the timed calls, each whole
+    assert result.median <= outer / 2  # per call, not the total: median + slowest <= all three timed calls <= outer
+    assert result.min <= result.q1 <= result.median <= result.q3 <= result.max <= outer
 
 
 def test_peak_memory_and_parameter_count():
