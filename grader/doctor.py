@@ -45,7 +45,8 @@ def report() -> tuple[list[str], list[str]]:
             if cuda_build and shutil.which("nvidia-smi") is None:
                 problems.append(
                     "A CUDA build of torch is installed on a machine without an NVIDIA GPU: it works, "
-                    "but wastes GBs. Reinstall with `bash scripts/course.sh setup --cpu`."
+                    "but wastes GBs. Replace it (setup keeps an installed torch): "
+                    "`.venv/bin/pip uninstall -y torch && bash scripts/course.sh setup --cpu`."
                 )
     except ImportError:
         pass
