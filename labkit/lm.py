@@ -79,7 +79,8 @@ def heldout_nats(model: torch.nn.Module, ids: torch.Tensor, block_size: int, bat
     n_full = (len(ids) - 1) // block_size
     x = ids[: n_full * block_size].view(n_full, block_size)
     y = ids[1 : n_full * block_size + 1].view(n_full, block_size)
-    batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+    # no empty batch when the text is shorter than one window: some kernels (bitsandbytes 4-bit on CPU) crash on one
+    batches = list(zip(x.split(batch_size), y.split(batch_size), strict=True)) if n_full else []
     if (len(ids) - 1) % block_size:
         batches.append((ids[n_full * block_size : -1][None], ids[n_full * block_size + 1 :][None]))
     nats, tokens = 0.0, 0

@@ -139,6 +139,10 @@ def test_heldout_loss_predicts_every_id_but_the_first_once_in_eval_mode():
     assert tokens == 44 and nats < 1e-6  # dropout off: a perfect model; the 4 left after 5 windows counted too
     assert model.seen == [(2, 8), (2, 8), (1, 8), (1, 4)] and model.training  # batches, tail, mode restored
     assert heldout_loss(model.eval(), ids, 8) < 1e-6 and not model.training
+    model.seen.clear()
+    nats, tokens = heldout_nats(model, ids[:6], block_size=8)
+    assert tokens == 5 and nats < 1e-6
+    assert model.seen == [(1, 5)]  # a text shorter than a window: its tail only, never an empty batch
 
 
 def test_plots_return_figures():

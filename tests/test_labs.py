@@ -105,7 +105,15 @@ def test_solution_scores_full_marks_and_runs_clean(lab, sessions, lab_timings):
     base = sessions.get(lab).base
     lab_timings(lab, base.duration_s)
     assert base.execution["errors"] == [], base.execution["errors"]
-    assert base.score == base.max_score == load_lab(lab).max_score, _lost(base)
+    assert base.score == base.max_score == _runnable_points(lab), _lost(base)
+
+
+def _runnable_points(lab: str) -> float:
+    """The lab's points without its GPU-only questions when there is no GPU: those report skipped, not zero."""
+    import torch
+
+    return sum(q.points for q in load_lab(lab).questions.values()
+               if q.device != "cuda" or torch.cuda.is_available())
 
 
 @pytest.mark.notebook
@@ -115,7 +123,10 @@ def test_learner_notebook_runs_to_the_end_and_scores_zero(lab):
     assert result.execution["cells_run"] == result.execution["cells"]
     assert result.execution["kernel_died"] is None
     assert result.score == 0
+    gpu_only = {qid for qid, q in load_lab(lab).questions.items() if q.device == "cuda"}
     for q in result.questions:
+        if q.id in gpu_only and q.status == "skipped":
+            continue  # no GPU here: skipped before the learner's code is looked at
         assert q.status == "not_implemented", (q.id, q.status, q.feedback)
         assert "Not implemented yet" in q.feedback
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from grader.asserts import (
     assert_above,
@@ -26,6 +26,7 @@ from grader.asserts import (
     check,
     reveals,
 )
+from grader.models import tiny_qwen2
 from grader.registry import Lab
 from labkit import evals, memory, sft, world, zoo
 from labkit.lm import logits_of
@@ -72,12 +73,7 @@ def _base(base, device: torch.device | str = "cpu"):
 
 
 def _qwen(seed: int = HELD_OUT_SEED, attn: str = "eager", tie: bool = False) -> Qwen2ForCausalLM:
-    """A second architecture for the zoo tokenizer's 512 ids: Qwen2 (grouped-query attention, biases on q/k/v)."""
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
-                         attn_implementation=attn)
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(seed, attn_implementation=attn, tie_word_embeddings=tie)
 
 
 def _public(value):

@@ -20,7 +20,6 @@ import math
 import types
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from grader.asserts import (
     assert_below,
@@ -31,6 +30,7 @@ from grader.asserts import (
     call_learner,
     check,
 )
+from grader.models import tiny_qwen2
 from grader.registry import Lab
 from labkit import evals, world, zoo
 
@@ -747,14 +747,6 @@ def _int2_g64(w: torch.Tensor) -> torch.Tensor:
     return (((torch.round(groups / safe) + zero).clamp(0, 3) - zero) * scale).reshape(w.shape).to(w.dtype)
 
 
-def _qwen(seed: int) -> Qwen2ForCausalLM:
-    """A second architecture for the zoo tokenizer's 512 ids: Qwen2 (grouped-query attention, biases on q/k/v)."""
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return Qwen2ForCausalLM(config).eval()
-
-
 def _check_quantized(quantize_linears, model: torch.nn.Module, fake_quant, what: str) -> torch.nn.Module:
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     linear = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -787,9 +779,9 @@ def _model(quantize_linears, base, ctx):
 
 @q.check(hidden=True)
 def _model_other_architecture(quantize_linears, ctx):
-    model = _qwen(HELD_OUT_SEED).to(ctx.device)
+    model = tiny_qwen2(HELD_OUT_SEED).to(ctx.device)
     _check_quantized(quantize_linears, model, _int2_g64, "quantize_linears(a Qwen2 model, 2-bit fake quantization)")
-    model = _qwen(HELD_OUT_SEED + 1).to(ctx.device)
+    model = tiny_qwen2(HELD_OUT_SEED + 1).to(ctx.device)
     _check_quantized(quantize_linears, model, lambda w: torch.full_like(w, 0.01),
                      "quantize_linears(a Qwen2 model, fake_quant that returns 0.01 everywhere)")
 
@@ -852,7 +844,7 @@ def _sensitivity(layer_sensitivity, base, ctx):
 
 @q.check(hidden=True)
 def _sensitivity_other_architecture(layer_sensitivity, base, ctx):
-    model = _qwen(HELD_OUT_SEED + 2).to(ctx.device)
+    model = tiny_qwen2(HELD_OUT_SEED + 2).to(ctx.device)
     _check_sensitivity(layer_sensitivity, model, base[1], _int2_g64, world.documents(600, seed=HELD_OUT_SEED + 1),
                        "layer_sensitivity(a Qwen2 model, tokenizer, 2-bit g64, texts)",
                        cache_key=f"Qwen2 on {torch.device(ctx.device).type}")
