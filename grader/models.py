@@ -9,18 +9,18 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 VOCAB = 512  # the zoo tokenizer's ids, so its batches feed these models too
 
 
-def tiny_qwen2(seed: int, *, hidden: int = 64, device: str | torch.device = "cpu", random_biases: bool = False,
+def tiny_qwen2(seed: int, *, width: int = 64, device: str | torch.device = "cpu", random_biases: bool = False,
                **overrides) -> Qwen2ForCausalLM:
     """Qwen2 (grouped-query attention: two key/value heads for four query heads, biases on q, k and v), in eval mode.
 
     A fresh model's biases are zero; `random_biases` draws them, so that code which drops a bias shows it.
     `name_or_path` is set because peft records it as an adapter's base model."""
     torch.manual_seed(seed)
-    kw = {"vocab_size": VOCAB, "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+    kw = {"vocab_size": VOCAB, "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 2,
           "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False,
           **overrides}
     model = Qwen2ForCausalLM(Qwen2Config(**kw)).to(device).eval()
-    model.name_or_path = f"grader/qwen2-width-{hidden}"
+    model.name_or_path = f"grader/qwen2-width-{width}"
     if random_biases:
         with torch.no_grad():
             for name, p in model.named_parameters():
