@@ -16,6 +16,11 @@ Documents: the tokenizer puts ``<bos>`` in front of every text it encodes, and p
 corpus document as ``<bos> text "\\n" <eos>``. So a prompt looks like the start of a document, and
 ``generate`` stops by itself (on ``<eos>``) at the end of one.
 
+Specialists: ``specialist_path("dates")`` is the base model fully fine-tuned on a task by Lab 06's recipe
+(``SPECIALIST_RECIPE``), built once into ``models/<name>-<task>`` next to the base model the same way (lock,
+temporary directory, recorded hashes), and rebuilt when it is stale: another zoo version, data version or recipe,
+or a base model whose weights changed. Later labs load it with ``from_pretrained`` like the base model.
+
 For instructors and CI: ``python -m labkit.zoo build [--name N] [--rebuild]`` and ``python -m labkit.zoo info``.
 """
 
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,9 +61,10 @@ from transformers import (
 from labkit import world
 from labkit.bpe import byte_level_bpe
 from labkit.lm import cosine_lr, document_stream, heldout_nats
+from labkit.sft import finetune
 
-__all__ = ["RECIPES", "Recipe", "base_model_path", "cache_dir", "cache_problem", "heldout_loss", "load_base_model",
-           "model_info"]
+__all__ = ["RECIPES", "Recipe", "SPECIALIST_RECIPE", "SpecialistRecipe", "base_model_path", "cache_dir",
+           "cache_problem", "heldout_loss", "load_base_model", "model_info", "specialist_path", "specialist_problem"]
 
 CACHE_ENV = "SPECIALIST_LABS_CACHE"
 META_FILE = "labkit.json"
@@ -130,6 +137,21 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+@dataclass(frozen=True)
+class SpecialistRecipe:
+    """Lab 06's full fine-tune (labkit.sft.finetune, AdamW, warm-up + cosine), on CPU in float32; changing any field
+    makes every cached specialist stale."""
+
+    train_examples: int = 2000  # task.examples("train", train_examples, seed=seed)
+    seed: int = 0
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 16
+
+
+SPECIALIST_RECIPE = SpecialistRecipe()
+
+
 # --------------------------------------------------------------------------------------------
 # Cache: where models live and how we know they are intact and current
 # --------------------------------------------------------------------------------------------
@@ -157,25 +179,30 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_problem(name: str = "tiny-llama") -> str | None:
-    """Why the cached model can't be used as it is ("missing", "stale (...)", "corrupted (...)"), or None."""
-    recipe, path = _recipe(name), cache_dir() / "models" / name
+def _meta_problem(path: Path) -> tuple[dict, str | None]:
+    """(the recorded metadata, why a cached directory can't be used before looking at its recipe and files)."""
     if not path.is_dir():
-        return "missing"
+        return {}, "missing"
     try:
         meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError):
         meta = None
     if not isinstance(meta, dict):
-        return f"corrupted ({META_FILE} is missing or unreadable)"
+        return {}, f"corrupted ({META_FILE} is missing or unreadable)"
     if meta.get("zoo_version") != ZOO_VERSION:
-        return f"stale (built by zoo version {meta.get('zoo_version')}, this is {ZOO_VERSION})"
+        return meta, f"stale (built by zoo version {meta.get('zoo_version')}, this is {ZOO_VERSION})"
     if meta.get("data_version") != world.DATA_VERSION:
-        return f"stale (built for DATA_VERSION {meta.get('data_version')}, the data is now {world.DATA_VERSION})"
-    old = meta.get("recipe", {})
+        return meta, (f"stale (built for DATA_VERSION {meta.get('data_version')}, the data is now "
+                      f"{world.DATA_VERSION})")
+    return meta, None
+
+
+def _recipe_changes(recipe: Recipe | SpecialistRecipe, old: dict) -> str | None:
     changed = [f.name for f in fields(recipe) if old.get(f.name) != getattr(recipe, f.name)]
-    if changed:
-        return f"stale (recipe changed: {', '.join(changed)})"
+    return f"stale (recipe changed: {', '.join(changed)})" if changed else None
+
+
+def _files_problem(path: Path, meta: dict) -> str | None:
     files = meta.get("files", {})
     for needed in ("config.json", "model.safetensors", "tokenizer.json"):
         if needed not in files:
@@ -188,37 +215,88 @@ def cache_problem(name: str = "tiny-llama") -> str | None:
     return None
 
 
-def base_model_path(name: str = "tiny-llama", rebuild: bool = False) -> Path:
-    """The directory of a ready base model (config, weights, tokenizer); builds it first if needed."""
+def cache_problem(name: str = "tiny-llama") -> str | None:
+    """Why the cached model can't be used as it is ("missing", "stale (...)", "corrupted (...)"), or None."""
     recipe, path = _recipe(name), cache_dir() / "models" / name
-    if not rebuild and cache_problem(name) is None:
+    meta, problem = _meta_problem(path)
+    return problem or _recipe_changes(recipe, meta.get("recipe", {})) or _files_problem(path, meta)
+
+
+def _ensure(path: Path, what: str, minutes: str, problem: Callable[[], str | None], build: Callable[[Path], object],
+            rebuild: bool) -> Path:
+    """Build `path` with `build(tmp)` unless `problem()` is None: under a lock, in a temporary directory renamed into
+    place, so that two processes starting at once never see (or leave) a half-written directory."""
+    if not rebuild and problem() is None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path.parent / f".{name}.lock"))
+    lock = filelock.FileLock(str(path.parent / f".{path.name}.lock"))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
-        print(f"Another process is building base model {name!r}; waiting for it...", flush=True)
+        print(f"Another process is building {what}; waiting for it...", flush=True)
         lock.acquire()
     try:
-        problem = None if rebuild else cache_problem(name)
-        if not rebuild and problem is None:  # another process built it while we waited
+        why = None if rebuild else problem()
+        if not rebuild and why is None:  # another process built it while we waited
             return path
         if rebuild:
-            print(f"Rebuilding base model {name!r} at {path} as asked (about 2 minutes).", flush=True)
-        elif problem == "missing":
-            print(f"Building base model {name!r} (first use, about 2 minutes on a laptop CPU) into {path}", flush=True)
+            print(f"Rebuilding {what} at {path} as asked ({minutes}).", flush=True)
+        elif why == "missing":
+            print(f"Building {what} (first use, {minutes} on a laptop CPU) into {path}", flush=True)
         else:
-            print(f"Base model {name!r} at {path} is {problem}; rebuilding it (about 2 minutes).", flush=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=path.parent))
+            print(f"{what[0].upper()}{what[1:]} at {path} is {why}; rebuilding it ({minutes}).", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-build-", dir=path.parent))
         try:
-            _build(name, recipe, tmp)
+            build(tmp)
             _swap_in(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
         lock.release()
     return path
+
+
+def base_model_path(name: str = "tiny-llama", rebuild: bool = False) -> Path:
+    """The directory of a ready base model (config, weights, tokenizer); builds it first if needed."""
+    recipe = _recipe(name)
+    return _ensure(cache_dir() / "models" / name, f"base model {name!r}", "about 2 minutes",
+                   lambda: cache_problem(name), lambda tmp: _build(name, recipe, tmp), rebuild)
+
+
+def _task(task: str) -> world.Task:
+    if task not in world.TASKS:
+        raise KeyError(f"no task named {task!r}; known: {', '.join(sorted(world.TASKS))}")
+    return world.TASKS[task]
+
+
+def _base_digests(name: str) -> dict:
+    """The recorded hashes of the base model's weights and tokenizer: a specialist is stale when they change."""
+    _, problem = _meta_problem(cache_dir() / "models" / name)
+    files = {} if problem else json.loads((cache_dir() / "models" / name / META_FILE).read_text()).get("files", {})
+    return {f: files.get(f) for f in ("model.safetensors", "tokenizer.json")}
+
+
+def specialist_problem(task: str = "dates", name: str = "tiny-llama") -> str | None:
+    """Why the cached specialist can't be used as it is ("missing", "stale (...)", "corrupted (...)"), or None."""
+    _task(task)
+    path = cache_dir() / "models" / f"{name}-{task}"
+    meta, problem = _meta_problem(path)
+    if problem:
+        return problem
+    if meta.get("base_files") != _base_digests(name):
+        return f"stale (base model {name!r} changed since the fine-tune)"
+    return _recipe_changes(SPECIALIST_RECIPE, meta.get("recipe", {})) or _files_problem(path, meta)
+
+
+def specialist_path(task: str = "dates", name: str = "tiny-llama", rebuild: bool = False) -> Path:
+    """The directory of base model `name` fully fine-tuned on `task` by SPECIALIST_RECIPE (Lab 06's recipe): a plain
+    Hugging Face directory (config, weights, tokenizer), so `from_pretrained` loads it in any quantization format.
+    Built on first use (under a minute on a laptop CPU), then cached next to the base model."""
+    _task(task)
+    base_model_path(name)  # first, so that the specialist's staleness check sees a ready base model
+    return _ensure(cache_dir() / "models" / f"{name}-{task}", f"the {task!r} specialist of {name!r}",
+                   "under a minute", lambda: specialist_problem(task, name),
+                   lambda tmp: _build_specialist(task, name, tmp), rebuild)
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -383,6 +461,34 @@ def _build(name: str, recipe: Recipe, out: Path) -> dict:
     print(f"Built {name!r} in {meta['build_seconds']:.0f} s: held-out loss {held['loss_nats_per_token']:.3f} nats/token"
           f" = {held['loss_nats_per_char']:.3f} nats/char (unigram {held['unigram_nats_per_char']:.3f},"
           f" entropy floor {held['entropy_floor_nats_per_char']:.3f})", flush=True)
+    return meta
+
+
+def _build_specialist(task: str, name: str, out: Path) -> dict:
+    """Fine-tune every weight of the base model on the task's train split, on the CPU in float32, and save it."""
+    start, r, t = time.perf_counter(), SPECIALIST_RECIPE, _task(task)
+    base = cache_dir() / "models" / name
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to("cpu")
+    losses = finetune(model, tokenizer, t, t.examples("train", r.train_examples, seed=r.seed), r.steps, r.lr,
+                      batch_size=r.batch_size, seed=r.seed, desc=f"fine-tuning {name} on {task} (once)")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    tail = losses[-10:]
+    meta = {
+        "name": f"{name}-{task}", "base": name, "task": task,
+        "zoo_version": ZOO_VERSION,
+        "data_version": world.DATA_VERSION,
+        "recipe": asdict(r),
+        "base_files": _base_digests(name),
+        "final_train_loss": sum(tail) / len(tail),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {f.name: _sha256(f) for f in sorted(out.iterdir()) if f.is_file() and f.name != META_FILE},
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"Built the {task!r} specialist of {name!r} in {meta['build_seconds']:.0f} s: final train loss "
+          f"{meta['final_train_loss']:.3f}", flush=True)
     return meta
 
 

@@ -355,3 +355,63 @@ def test_lab02_trains_the_base_models_tokenizer_with_its_recipe():
     specials = json.dumps(list(zoo.SPECIAL_TOKENS))
     call = f"byte_level_bpe(world.documents({r.tokenizer_chars:_}, seed={r.seed}), {r.vocab_size}, {specials})"
     assert any(call in c.source for c in nb.cells if c.cell_type == "code"), call
+
+
+# ----------------------------------------------------------------------------- specialists (TINY base, 3 steps)
+
+
+@pytest.fixture
+def tiny_specialist(tiny, monkeypatch):
+    """The TINY base model's `dates` specialist, its recipe cut to 3 steps on 32 examples: built in about a second."""
+    monkeypatch.setattr(zoo, "SPECIALIST_RECIPE", dataclasses.replace(zoo.SPECIALIST_RECIPE, train_examples=32,
+                                                                      steps=3, batch_size=4))
+    return tiny
+
+
+def test_specialist_is_built_once_and_loads_like_the_base_model(tiny_specialist, capsys):
+    path = zoo.specialist_path("dates", tiny_specialist)
+    assert path == zoo.cache_dir() / "models" / f"{tiny_specialist}-dates"
+    assert zoo.specialist_problem("dates", tiny_specialist) is None
+    assert "Built the 'dates' specialist" in capsys.readouterr().out
+    meta = json.loads((path / zoo.META_FILE).read_text())
+    assert meta["recipe"] == dataclasses.asdict(zoo.SPECIALIST_RECIPE) and meta["task"] == "dates"
+    base_path = zoo.base_model_path(tiny_specialist)
+    model, base = AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(base_path)
+    assert model.config.hidden_size == TINY.d_model
+    assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # a full fine-tune: every weight moved
+    chat = [{"role": "user", "content": "x"}]
+    assert (AutoTokenizer.from_pretrained(path).apply_chat_template(chat)
+            == AutoTokenizer.from_pretrained(base_path).apply_chat_template(chat))
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert zoo.specialist_path("dates", tiny_specialist) == path  # the second call reuses it
+    assert "Built" not in capsys.readouterr().out and (path / "model.safetensors").stat().st_mtime_ns == mtime
+    leftovers = {p.name for p in path.parent.iterdir()} - {
+        tiny_specialist, f"{tiny_specialist}-dates", f".{tiny_specialist}.lock", f".{tiny_specialist}-dates.lock"}
+    assert leftovers == set()  # no half-built directories
+
+
+def test_stale_or_corrupted_specialist_is_rebuilt(tiny_specialist, monkeypatch, capsys):
+    path = zoo.specialist_path("dates", tiny_specialist)
+    with monkeypatch.context() as mp:
+        mp.setattr(zoo, "ZOO_VERSION", zoo.ZOO_VERSION + 1)
+        assert zoo.specialist_problem("dates", tiny_specialist).startswith("stale (built by zoo version")
+    monkeypatch.setattr(zoo, "SPECIALIST_RECIPE", dataclasses.replace(zoo.SPECIALIST_RECIPE, steps=4))
+    assert zoo.specialist_problem("dates", tiny_specialist) == "stale (recipe changed: steps)"
+    capsys.readouterr()
+    zoo.specialist_path("dates", tiny_specialist)
+    assert "is stale (recipe changed: steps); rebuilding" in capsys.readouterr().out
+    assert json.loads((path / zoo.META_FILE).read_text())["recipe"]["steps"] == 4
+    (path / "model.safetensors").write_bytes(b"half")  # a half-written or damaged weight file
+    assert zoo.specialist_problem("dates", tiny_specialist).startswith("corrupted (model.safetensors")
+    zoo.specialist_path("dates", tiny_specialist)
+    assert zoo.specialist_problem("dates", tiny_specialist) is None
+
+
+def test_specialist_goes_stale_when_its_base_model_changes(tiny_specialist, monkeypatch):
+    zoo.specialist_path("dates", tiny_specialist)
+    monkeypatch.setitem(zoo.RECIPES, tiny_specialist, dataclasses.replace(TINY, seed=1))
+    zoo.base_model_path(tiny_specialist)  # rebuilt with other weights
+    assert zoo.specialist_problem("dates", tiny_specialist) == (f"stale (base model {tiny_specialist!r} changed "
+                                                                "since the fine-tune)")
+    with pytest.raises(KeyError, match="no task named"):
+        zoo.specialist_path("poetry", tiny_specialist)
