@@ -64,7 +64,8 @@ from labkit.lm import cosine_lr, document_stream, heldout_nats
 from labkit.sft import finetune
 
 __all__ = ["RECIPES", "Recipe", "SPECIALIST_RECIPE", "SpecialistRecipe", "base_model_path", "cache_dir",
-           "cache_problem", "heldout_loss", "load_base_model", "model_info", "specialist_path", "specialist_problem"]
+           "cache_problem", "heldout_loss", "load_base_model", "model_info", "specialist_info", "specialist_path",
+           "specialist_problem"]
 
 CACHE_ENV = "SPECIALIST_LABS_CACHE"
 META_FILE = "labkit.json"
@@ -285,7 +286,14 @@ def specialist_problem(task: str = "dates", name: str = "tiny-llama") -> str | N
         return problem
     if meta.get("base_files") != _base_digests(name):
         return f"stale (base model {name!r} changed since the fine-tune)"
+    if not isinstance(meta.get("train_losses"), list):
+        return "stale (no training curve recorded)"
     return _recipe_changes(SPECIALIST_RECIPE, meta.get("recipe", {})) or _files_problem(path, meta)
+
+
+def specialist_info(task: str = "dates", name: str = "tiny-llama") -> dict:
+    """The record of the cached specialist (built first if needed): its recipe, training curve and file hashes."""
+    return json.loads((specialist_path(task, name) / META_FILE).read_text())
 
 
 def specialist_path(task: str = "dates", name: str = "tiny-llama", rebuild: bool = False) -> Path:
@@ -482,6 +490,7 @@ def _build_specialist(task: str, name: str, out: Path) -> dict:
         "recipe": asdict(r),
         "base_files": _base_digests(name),
         "final_train_loss": sum(tail) / len(tail),
+        "train_losses": [round(x, 6) for x in losses],  # the curve, for labs that plot it next to their own runs
         "build_seconds": round(time.perf_counter() - start, 1),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {f.name: _sha256(f) for f in sorted(out.iterdir()) if f.is_file() and f.name != META_FILE},

@@ -375,6 +375,8 @@ def test_specialist_is_built_once_and_loads_like_the_base_model(tiny_specialist,
     assert "Built the 'dates' specialist" in capsys.readouterr().out
     meta = json.loads((path / zoo.META_FILE).read_text())
     assert meta["recipe"] == dataclasses.asdict(zoo.SPECIALIST_RECIPE) and meta["task"] == "dates"
+    assert zoo.specialist_info("dates", tiny_specialist) == meta
+    assert len(meta["train_losses"]) == zoo.SPECIALIST_RECIPE.steps  # one loss per step, for plots
     base_path = zoo.base_model_path(tiny_specialist)
     model, base = AutoModelForCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(base_path)
     assert model.config.hidden_size == TINY.d_model
@@ -395,6 +397,10 @@ def test_stale_or_corrupted_specialist_is_rebuilt(tiny_specialist, monkeypatch, 
     with monkeypatch.context() as mp:
         mp.setattr(zoo, "ZOO_VERSION", zoo.ZOO_VERSION + 1)
         assert zoo.specialist_problem("dates", tiny_specialist).startswith("stale (built by zoo version")
+    meta = json.loads((path / zoo.META_FILE).read_text())
+    (path / zoo.META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "train_losses"}))
+    assert zoo.specialist_problem("dates", tiny_specialist) == "stale (no training curve recorded)"
+    (path / zoo.META_FILE).write_text(json.dumps(meta))  # a record from before the curve was kept, put back
     monkeypatch.setattr(zoo, "SPECIALIST_RECIPE", dataclasses.replace(zoo.SPECIALIST_RECIPE, steps=4))
     assert zoo.specialist_problem("dates", tiny_specialist) == "stale (recipe changed: steps)"
     capsys.readouterr()
