@@ -380,6 +380,9 @@ def run_question(
     ctx = ctx or Context(device=torch.device("cuda" if cuda else "cpu"), has_cuda=cuda, hidden=include_hidden)
     if q.device == "cuda" and not cuda:
         return QuestionResult.of(q, Status.SKIPPED, "Needs a CUDA GPU; skipped on this machine, not counted.")
+    unmet = missing_requirement(q)
+    if unmet is not None:
+        return QuestionResult.of(q, Status.SKIPPED, f"Needs {unmet}; skipped on this machine, not counted.")
     missing = [n for n in q.uses if n not in namespace]
     if missing:
         names = ", ".join(f"`{n}`" for n in missing)
@@ -401,6 +404,17 @@ def run_question(
             if outcome is not None:
                 return outcome
     return QuestionResult.of(q, Status.PASSED, "All checks passed." if include_hidden or not q.hidden else "")
+
+
+def missing_requirement(q: Question) -> str | None:
+    """Why this machine lacks what `q.requires` names, or None (also when the requirement itself crashes: then the
+    question runs and its checks say what is wrong)."""
+    if q.requires is None:
+        return None
+    try:
+        return q.requires()
+    except Exception:
+        return None
 
 
 def _run_check(q: Question, check: Check, namespace, ctx: Context, fixtures: Fixtures) -> QuestionResult | None:

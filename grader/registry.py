@@ -50,6 +50,9 @@ class Question:
     # Earlier questions whose objects this one calls (a block calls attention): when both fail, the feedback of this
     # one names the earlier one to fix first, since one root cause fails everything built on it.
     builds_on: tuple[str, ...] = ()
+    # What the machine needs beyond `device` (a library with a backend for this platform): a function that says why
+    # it is missing, or None. Where it is missing the question is skipped, not counted, like a GPU question on a CPU.
+    requires: Callable[[], str | None] | None = field(default=None, compare=False)
     checks: list[Check] = field(default_factory=list)
     lab: Lab | None = field(default=None, repr=False, compare=False)
 
@@ -110,6 +113,7 @@ class Lab:
         title: str,
         device: str = "any",
         builds_on: tuple[str, ...] = (),
+        requires: Callable[[], str | None] | None = None,
     ) -> Question:
         if id in self.questions:
             raise ValueError(f"lab {self.id}: question '{id}' declared twice")
@@ -119,7 +123,7 @@ class Lab:
         if unknown:
             raise ValueError(f"lab {self.id}: question '{id}' builds on {unknown}, not declared before it")
         q = Question(id=id, points=points, title=title, uses=tuple(uses), device=device, builds_on=tuple(builds_on),
-                     lab=self)
+                     requires=requires, lab=self)
         self.questions[id] = q
         return q
 

@@ -31,7 +31,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from grader.cells import cell_names
-from grader.grading import LabResult, QuestionResult, Status, TextEnum, environment
+from grader.grading import LabResult, QuestionResult, Status, TextEnum, environment, missing_requirement
 from grader.kernel import grading_cell_source
 from grader.limits import Limits
 from grader.registry import UnknownLab, lab_ids, load_lab
@@ -595,7 +595,7 @@ def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None
     """Take only each question's status, feedback and hidden flag from the kernel; points follow from the registry.
 
     None when the payload cannot be ours: unknown or repeated questions, a status the grader never
-    writes, or a skip of a question that runs anywhere.
+    writes, or a skip of a question that runs anywhere (a GPU question, or one whose requirement is missing here).
     """
     rows = payload.get("results", []) if isinstance(payload, dict) else None
     if not isinstance(rows, list):
@@ -610,8 +610,8 @@ def _trusted_results(lab_obj, payload: dict) -> dict[str, QuestionResult] | None
             status = Status(row.get("status"))
         except ValueError:
             return None
-        if status is Status.SKIPPED and q.device != "cuda":
-            return None
+        if status is Status.SKIPPED and q.device != "cuda" and missing_requirement(q) is None:
+            return None  # a skip this process cannot confirm: not the grader's
         trusted[q.id] = QuestionResult.of(q, status, str(row.get("feedback", "")), bool(row.get("hidden", False)))
         trusted[q.id].redacted = tuple(str(v) for v in row.get("redacted") or ())
         trusted[q.id].missing = tuple(str(v) for v in row.get("missing") or () if str(v) in q.uses)

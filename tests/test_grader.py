@@ -149,6 +149,26 @@ def test_statuses_cover_every_outcome():
     assert r.status == "failed" and r.feedback.startswith("[hidden check]") and "10" not in r.feedback
 
 
+def test_a_missing_requirement_skips_the_question_and_the_grader_confirms_it():
+    from grader.runner import _trusted_results
+
+    lab = Lab("95", "a library with no backend here")
+    state = {"missing": "bitsandbytes with a 4-bit backend (no CPU kernels)"}
+    q = lab.question("quantized", points=3, uses=("f",), title="4-bit", requires=lambda: state["missing"])
+    q.check(lambda f: f())
+    r = _status(lab, "quantized", {"f": lambda: 1})
+    assert (r.status, r.score, r.max_score) == ("skipped", 0, 0), r  # not counted, never zero out of three
+    assert "bitsandbytes with a 4-bit backend (no CPU kernels)" in r.feedback and "not counted" in r.feedback
+    assert _status(lab, "quantized", {}).status == "skipped"  # before the learner's code is looked at
+    assert _trusted_results(lab, {"results": [{"id": "quantized", "status": "skipped"}]})["quantized"].score == 0
+    state["missing"] = None  # the library works here: the question runs, and a kernel cannot claim a skip
+    assert _status(lab, "quantized", {"f": lambda: 1}).status == "passed"
+    assert _trusted_results(lab, {"results": [{"id": "quantized", "status": "skipped"}]}) is None
+    crashing = lab.question("crashing", points=1, uses=("f",), title="a broken requirement", requires=lambda: 1 / 0)
+    crashing.check(lambda f: f())
+    assert _status(lab, "crashing", {"f": lambda: 1}).status == "passed"  # a requirement that crashes does not skip
+
+
 def _lm_lab() -> Lab:
     """Lab 01's shape: a class and a training step to write, and a question on the model they produce."""
     lab = Lab("96", "a model built from exercises")

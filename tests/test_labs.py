@@ -109,11 +109,17 @@ def test_solution_scores_full_marks_and_runs_clean(lab, sessions, lab_timings):
 
 
 def _runnable_points(lab: str) -> float:
-    """The lab's points without its GPU-only questions when there is no GPU: those report skipped, not zero."""
+    """The lab's points without the questions this machine cannot run (GPU-only ones without a GPU, those whose
+    library has no backend here): those report skipped, not zero."""
+    return sum(q.points for q in load_lab(lab).questions.values() if not _skipped_here(q))
+
+
+def _skipped_here(q) -> bool:
     import torch
 
-    return sum(q.points for q in load_lab(lab).questions.values()
-               if q.device != "cuda" or torch.cuda.is_available())
+    from grader.grading import missing_requirement
+
+    return (q.device == "cuda" and not torch.cuda.is_available()) or missing_requirement(q) is not None
 
 
 @pytest.mark.notebook
@@ -123,10 +129,10 @@ def test_learner_notebook_runs_to_the_end_and_scores_zero(lab):
     assert result.execution["cells_run"] == result.execution["cells"]
     assert result.execution["kernel_died"] is None
     assert result.score == 0
-    gpu_only = {qid for qid, q in load_lab(lab).questions.items() if q.device == "cuda"}
+    skipped = {qid for qid, q in load_lab(lab).questions.items() if _skipped_here(q)}
     for q in result.questions:
-        if q.id in gpu_only and q.status == "skipped":
-            continue  # no GPU here: skipped before the learner's code is looked at
+        if q.id in skipped and q.status == "skipped":
+            continue  # no GPU or no backend here: skipped before the learner's code is looked at
         assert q.status == "not_implemented", (q.id, q.status, q.feedback)
         assert "Not implemented yet" in q.feedback
 
