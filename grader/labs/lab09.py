@@ -728,23 +728,24 @@ def base(ctx):
     return zoo.load_base_model(device="cpu")
 
 
-def _int4_g64(w: torch.Tensor) -> torch.Tensor:
+def _zero_point_g64(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Reference fake quantization: asymmetric, groups of 64 along each row, the range widened to hold zero."""
+    levels = 2**bits - 1
     groups = w.detach().float().reshape(w.shape[0], -1, 64)
     lo, hi = groups.amin(-1, keepdim=True).clamp(max=0), groups.amax(-1, keepdim=True).clamp(min=0)
-    scale = (hi - lo) / 15
+    scale = (hi - lo) / levels
     safe = torch.where(scale > 0, scale, 1.0)
     zero = torch.round(-lo / safe)
-    out = ((torch.round(groups / safe) + zero).clamp(0, 15) - zero) * scale
+    out = ((torch.round(groups / safe) + zero).clamp(0, levels) - zero) * scale
     return out.reshape(w.shape).to(w.dtype)
 
 
+def _int4_g64(w: torch.Tensor) -> torch.Tensor:
+    return _zero_point_g64(w, 4)
+
+
 def _int2_g64(w: torch.Tensor) -> torch.Tensor:
-    groups = w.detach().float().reshape(w.shape[0], -1, 64)
-    lo, hi = groups.amin(-1, keepdim=True).clamp(max=0), groups.amax(-1, keepdim=True).clamp(min=0)
-    scale = (hi - lo) / 3
-    safe = torch.where(scale > 0, scale, 1.0)
-    zero = torch.round(-lo / safe)
-    return (((torch.round(groups / safe) + zero).clamp(0, 3) - zero) * scale).reshape(w.shape).to(w.dtype)
+    return _zero_point_g64(w, 2)
 
 
 def _check_quantized(quantize_linears, model: torch.nn.Module, fake_quant, what: str) -> torch.nn.Module:
