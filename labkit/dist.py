@@ -1,11 +1,14 @@
 """Run a function on several processes that form a `torch.distributed` group: lab 12's launcher and toy model.
 
-`launch(fn, world_size=2)` forks `world_size` processes (Linux and macOS' ``fork`` start method), each joins a gloo
-process group on the CPU and calls ``fn(rank, world_size, *args)``; the parent collects what each returned.
-Forking, rather than spawning fresh interpreters, is what lets a function defined in a notebook run on the ranks
-(``spawn`` would have to pickle it by name, and a notebook's functions have none), and it costs milliseconds instead of
-an ``import torch`` per rank. The price: a forked child must not touch CUDA once the parent has, so the ranks compute
-on the CPU. On a machine with several GPUs the same per-rank code runs under ``torchrun`` with ``backend="nccl"``.
+`launch(fn, world_size=2)` starts `world_size` processes; each joins a process group and calls
+``fn(rank, world_size, *args)``, and the parent collects what each returned. Two backends, one per-rank code:
+- ``gloo`` on the CPU (the default, any machine): the ranks are **forked** copies of the caller, so a function defined
+  in a notebook is already there, and a launch costs milliseconds instead of an ``import torch`` per rank.
+- ``nccl`` with one CUDA GPU per rank: a forked child cannot use CUDA once its parent has, so the ranks are
+  **spawned** fresh interpreters, as ``torchrun`` starts them; the function and its arguments travel by value
+  (cloudpickle, since a notebook's functions have no importable name), and each rank binds ``cuda:<rank>``.
+`rank_device()` tells the per-rank code where to put its model and batch, and `default_backend()` picks NCCL where the
+GPUs are there. Each rank also gets torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``).
 
 Nothing hangs: the group's collectives time out (``init_process_group(timeout=...)``), the parent waits for the
 ranks until a deadline, then terminates and kills whatever is left, and raises `RankTimeout` or `RankFailed` with
@@ -20,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +33,19 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.device import has_cuda
 from labkit.lm import logits_of
 from labkit.memory import TrainingBytes, tensor_bytes
 
-__all__ = ["RankFailed", "RankTimeout", "ToyModel", "free_port", "launch", "local_bytes", "local_training_bytes",
-           "toy_batch", "toy_loss"]
+__all__ = ["BACKEND_ENV", "RankFailed", "RankTimeout", "ToyModel", "default_backend", "free_port", "launch",
+           "local_bytes", "local_training_bytes", "rank_device", "toy_batch", "toy_loss", "waited_for_peer"]
+
+BACKENDS = ("gloo", "nccl")
+BACKEND_ENV = "SPECIALIST_LABS_DIST_BACKEND"  # gloo or nccl: overrides default_backend()
 
 
 class RankFailed(RuntimeError):
@@ -45,6 +54,15 @@ class RankFailed(RuntimeError):
     def __init__(self, rank: int, exc_type: str, message: str, trace: str):
         self.rank, self.exc_type, self.message, self.trace = rank, exc_type, message, trace
         super().__init__(f"rank {rank} raised {exc_type}: {message}")
+
+
+_WAITED = ("Connection closed", "Connection reset", "Timed out", "timed out")  # gloo's words for a peer gone or late
+
+
+def waited_for_peer(message: str) -> bool:
+    """Whether a rank's error says it waited in a collective for a peer that had gone or never came, rather than
+    its own code failing: "Connection closed by peer" or "reset by peer" (the peer ended), "Timed out"."""
+    return any(s in message for s in _WAITED)
 
 
 class RankTimeout(RuntimeError):
@@ -69,19 +87,51 @@ def _die_with_parent() -> None:
             pass
 
 
-def _child(fn: Callable, rank: int, world_size: int, port: int, out_dir: str, collective_timeout_s: float,
-           args: tuple, kwargs: dict) -> None:
-    """One rank: join the group, run `fn`, save what it returned (or the error) to out_dir/rank{rank}.pt."""
+def default_backend(world_size: int = 2) -> str:
+    """``nccl`` where there is a usable CUDA GPU for each of `world_size` ranks, ``gloo`` otherwise (one GPU, or none:
+    NCCL refuses two ranks on one GPU). `BACKEND_ENV` overrides it; ``LABKIT_DEVICE=cpu`` means gloo."""
+    wanted = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if wanted:
+        if wanted not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={wanted!r}: use one of {BACKENDS}")
+        return wanted
+    if has_cuda() and dist.is_nccl_available() and torch.cuda.device_count() >= world_size:
+        return "nccl"
+    return "gloo"
+
+
+def rank_device() -> torch.device:
+    """Where this rank computes: its own GPU in an NCCL group (the one `torch.cuda.set_device` bound, as under
+    torchrun), the CPU in a gloo group or outside any group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _child(fn: Callable | None, rank: int, world_size: int, port: int, out_dir: str, collective_timeout_s: float,
+           args: tuple, kwargs: dict, backend: str = "gloo", payload_path: str | None = None) -> None:
+    """One rank: join the group, run `fn` (or the one pickled at `payload_path`, with its arguments), save what it
+    returned (or the error) to out_dir/rank{rank}.pt."""
     _die_with_parent()
-    log = open(os.path.join(out_dir, f"rank{rank}.log"), "w", buffering=1)  # noqa: SIM115 - lives as long as the rank
+    log = open(os.path.join(out_dir, f"rank{rank}.log"), "a", buffering=1)  # noqa: SIM115 - lives as long as the rank
     sys.stdout = sys.stderr = log  # never write into the parent's notebook channels
     torch.set_num_threads(1)  # one core per rank, as torchrun's OMP_NUM_THREADS=1
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),  # what torchrun gives a rank
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     result: dict[str, Any]
     try:
-        import torch.distributed as dist
+        if payload_path is not None:  # unpickled here, so that a missing module is reported like any error
+            import cloudpickle
 
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=collective_timeout_s))
+            with open(payload_path, "rb") as f:
+                fn, args, kwargs = cloudpickle.load(f)
+        device_id = None
+        if backend == "nccl":
+            torch.cuda.set_device(rank)  # before the group forms: NCCL binds each rank to its current device
+            device_id = torch.device("cuda", rank)
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=collective_timeout_s), device_id=device_id)
+        open(os.path.join(out_dir, f"rank{rank}.ready"), "w").close()  # the launch's deadline starts when all are
         try:
             result = {"ok": True, "value": fn(rank, world_size, *args, **kwargs)}
         finally:
@@ -104,6 +154,46 @@ def _child(fn: Callable, rank: int, world_size: int, port: int, out_dir: str, co
     log.flush()
 
 
+class _Spawned:
+    """A rank started as a fresh interpreter (``python -c``): what `launch` needs of a process, for a Popen.
+
+    Not multiprocessing's ``spawn``, which imports the caller's main module again in each child: a script without an
+    ``if __name__ == "__main__"`` guard would launch itself recursively. The function and its arguments arrive by
+    value (cloudpickle), so the child needs nothing of the caller's main module."""
+
+    def __init__(self, payload_path: str, rank: int, world_size: int, port: int, out_dir: str,
+                 collective_timeout_s: float, backend: str):
+        env = {**os.environ, "OMP_NUM_THREADS": "1",  # before torch is imported: one core per rank
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # what the caller could import
+        code = "import sys, labkit.dist as d; d._spawned_main(*sys.argv[1:])"
+        argv = [payload_path, str(rank), str(world_size), str(port), out_dir, str(collective_timeout_s), backend]
+        with open(os.path.join(out_dir, f"rank{rank}.log"), "w") as log:  # its C libraries' output too (NCCL)
+            self.popen = subprocess.Popen([sys.executable, "-c", code, *argv], stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=env, cwd=os.getcwd())
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+
+def _spawned_main(payload_path: str, rank: str, world_size: str, port: str, out_dir: str, collective_timeout_s: str,
+                  backend: str) -> None:
+    """The entry point of a spawned rank."""
+    _child(None, int(rank), int(world_size), int(port), out_dir, float(collective_timeout_s), (), {}, backend,
+           payload_path)
+
+
 def _stop(procs: list) -> None:
     """Terminate, then kill, every rank still alive, and reap them all."""
     for p in procs:
@@ -111,6 +201,8 @@ def _stop(procs: list) -> None:
             p.terminate()
     deadline = time.monotonic() + 2.0
     for p in procs:
+        if getattr(p, "pid", 0) is None:  # a multiprocessing.Process that never started
+            continue
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
@@ -130,32 +222,70 @@ def _echo(out_dir: str, world_size: int) -> None:
 
 
 def launch(fn: Callable, world_size: int = 2, args: tuple = (), kwargs: dict | None = None,
-           timeout_s: float = 60.0, collective_timeout_s: float = 10.0, echo: bool = True) -> list[Any]:
-    """Run ``fn(rank, world_size, *args, **kwargs)`` on `world_size` forked CPU processes in one gloo group.
+           timeout_s: float = 60.0, collective_timeout_s: float = 10.0, echo: bool = True, backend: str = "gloo",
+           start_method: str | None = None, startup_timeout_s: float = 180.0) -> list[Any]:
+    """Run ``fn(rank, world_size, *args, **kwargs)`` on `world_size` processes in one `backend` group.
 
-    Returns what each rank returned, in rank order (tensors come back as copies). Raises `RankFailed` for the rank
-    that failed first in the chain of causes (its own error before a peer's "connection closed"; a
-    `NotImplementedError` on a rank is raised again as one), `RankTimeout` when a rank is still running after
-    `timeout_s`. What the ranks print is printed here afterwards, line by line after its rank (`echo`; the last 200
-    lines of each). Every child has ended when it returns or raises."""
-    if "fork" not in mp.get_all_start_methods():
-        raise RuntimeError("labkit.dist.launch needs the 'fork' start method (Linux or macOS).")
-    ctx = mp.get_context("fork")
+    ``gloo`` forks CPU ranks; ``nccl`` spawns one rank per GPU (`start_method` overrides the choice: ``"spawn"`` works
+    for gloo too). Returns what each rank returned, in rank order, with tensors copied to the CPU. Raises `RankFailed`
+    for the rank that failed first in the chain of causes (its own error before a peer's "connection closed"; a
+    `NotImplementedError` on a rank is raised again as one), `RankTimeout` when a rank is still running `timeout_s`
+    after the group formed (starting and joining have their own `startup_timeout_s`: a spawned rank first imports
+    torch). What the ranks print is printed here afterwards, line by line after its rank (`echo`; the last 200 lines
+    of each). Every child has ended when it returns or raises."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: use one of {BACKENDS}")
+    start_method = start_method or ("spawn" if backend == "nccl" else "fork")
+    if start_method not in ("fork", "spawn"):
+        raise ValueError(f"start_method={start_method!r}: use 'fork' or 'spawn'")
+    if backend == "nccl":
+        if start_method == "fork":
+            raise ValueError("NCCL ranks use CUDA, which a forked child cannot use once its parent has: spawn them")
+        gpus = torch.cuda.device_count() if has_cuda() else 0
+        if gpus < world_size or not dist.is_nccl_available():
+            raise RuntimeError(f"backend='nccl' needs one CUDA GPU per rank: {world_size} ranks, {gpus} GPU(s) here"
+                               + ("" if dist.is_nccl_available() else ", and this torch has no NCCL")
+                               + ". Use backend='gloo' (labkit.dist.default_backend() picks the one that works).")
     out_dir = tempfile.mkdtemp(prefix="sl-dist-")
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(fn, r, world_size, port, out_dir, collective_timeout_s, args,
-                                              kwargs or {}), daemon=True) for r in range(world_size)]
+    procs: list = []
     try:
-        for p in procs:
-            p.start()
+        if start_method == "spawn":
+            import cloudpickle
+
+            payload = os.path.join(out_dir, "payload.pkl")
+            with open(payload, "wb") as f:
+                cloudpickle.dump((fn, args, kwargs or {}), f)  # by value: a notebook's functions have no import path
+            for r in range(world_size):
+                procs.append(_Spawned(payload, r, world_size, port, out_dir, collective_timeout_s, backend))
+        else:
+            if "fork" not in mp.get_all_start_methods():
+                raise RuntimeError("forked ranks need the 'fork' start method (Linux, macOS): use start_method='spawn'")
+            ctx = mp.get_context("fork")
+            for r in range(world_size):
+                procs.append(ctx.Process(target=_child, args=(fn, r, world_size, port, out_dir, collective_timeout_s,
+                                                              args, kwargs or {}, backend), daemon=True))
+                procs[-1].start()
+        # the deadline starts once every rank has joined the group (or one has ended, or startup took too long)
+        ready = [os.path.join(out_dir, f"rank{r}.ready") for r in range(world_size)]
+        saved = [os.path.join(out_dir, f"rank{r}.pt") for r in range(world_size)]
+
+        def waiting(files: list[str]) -> list[int]:
+            """The ranks still alive that have not written their file yet."""
+            return [r for r, p in enumerate(procs) if p.is_alive() and not os.path.exists(files[r])]
+
+        startup_deadline = time.monotonic() + startup_timeout_s
+        while waiting(ready) and time.monotonic() < startup_deadline and all(p.is_alive() for p in procs):
+            time.sleep(0.01)
+        formed = all(map(os.path.exists, ready))
         deadline = time.monotonic() + timeout_s
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        late = [r for r, p in enumerate(procs) if p.is_alive()]
+        while waiting(saved) and time.monotonic() < deadline:  # a rank that has saved may still be shutting down
+            time.sleep(0.01)
+        late = waiting(saved)
         results = []
         for r in range(world_size):
-            path = os.path.join(out_dir, f"rank{r}.pt")
-            results.append(torch.load(path, weights_only=False) if os.path.exists(path) else None)
+            path = saved[r]
+            results.append(torch.load(path, weights_only=False, map_location="cpu") if os.path.exists(path) else None)
     finally:
         _stop(procs)
         if echo:
@@ -165,19 +295,21 @@ def launch(fn: Callable, world_size: int = 2, args: tuple = (), kwargs: dict | N
         errors = [f"rank {r} raised {res['type']}: {res['message'][:200]}" for r, res in enumerate(results)
                   if r not in late and res is not None and not res["ok"]]
         raise RankTimeout(
-            f"rank(s) {late} still running after {timeout_s:g} s, stopped. " + "; ".join(errors)
+            f"rank(s) {late} still running {timeout_s:g} s after "
+            + ("the group formed" if formed else "the ranks started (the group never formed)")
+            + ", stopped. " + "; ".join(errors)
             + (". " if errors else "") + "A rank runs on when it loops, or when it waits in a collective (all_reduce, "
             "broadcast, ...) that another rank never joins: every rank must make the same collective calls, in the "
             "same order.")
     failed = [(r, res) for r, res in enumerate(results) if res is None or not res["ok"]]
     if failed:
         # the root cause first: a rank whose own code raised, then one that died, then ranks that only waited for a
-        # peer that had gone ("Connection closed by peer") or never came ("Timed out")
+        # peer that had gone or never came
         def cause(item: tuple[int, dict | None]) -> tuple[int, int]:
             rank, res = item
             if res is None:
                 return 1, rank
-            waited = any(s in res["message"] for s in ("Connection closed", "Timed out", "timed out"))
+            waited = waited_for_peer(res["message"])
             return (2 if waited else 0), rank
 
         failed.sort(key=cause)

@@ -5,6 +5,10 @@ whole launch, no process left behind) and compares what they trained with a sing
 combined batch: parameters equal after a few steps, on a model with a frozen parameter and tied weights, over
 several repeats in one launch to catch races. Plain SGD for the gradient-averaging checks: Adam divides each update by
 the gradient's own scale, so a sum in place of an average would go unnoticed under it.
+
+The graded questions run on gloo everywhere, so a grade does not depend on the machine. One more, `dist_nccl`, runs
+the learner's functions unchanged on two GPUs in an NCCL group where a machine has them (skipped, not counted,
+elsewhere): the ranks' programs below put the model and batch on `rank_device()`, as the notebook's do.
 """
 
 from __future__ import annotations
@@ -15,10 +19,22 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 
 from grader.asserts import CheckFailed, assert_close, assert_equal, call_learner, check
 from grader.registry import Lab
-from labkit.dist import RankFailed, RankTimeout, ToyModel, launch, local_training_bytes, toy_batch, toy_loss
+from labkit.device import has_cuda
+from labkit.dist import (
+    RankFailed,
+    RankTimeout,
+    ToyModel,
+    launch,
+    local_training_bytes,
+    rank_device,
+    toy_batch,
+    toy_loss,
+    waited_for_peer,
+)
 
 LAB = Lab("12", "Distributed data-parallel training")
 HELD_OUT_SEED = 9112  # the notebook uses seeds 0-3
@@ -49,16 +65,16 @@ def _sgd(params, lr: float = 0.1):
     return torch.optim.SGD(params, lr=lr)
 
 
-def _run(fn: Callable, args: tuple, what: str, hint: str | None = None) -> list:
+def _run(fn: Callable, args: tuple, what: str, hint: str | None = None, backend: str = "gloo",
+         start_method: str | None = None) -> list:
     """Launch on two ranks; a rank's error or a hang becomes a failed check that says which rank and why."""
     try:
         return launch(fn, 2, args=args, timeout_s=LAUNCH_TIMEOUT_S, collective_timeout_s=COLLECTIVE_TIMEOUT_S,
-                      echo=False)
+                      echo=False, backend=backend, start_method=start_method)
     except RankTimeout as exc:
         raise CheckFailed(f"{what} did not finish: {exc}", hint) from None
     except RankFailed as exc:
-        # a rank that waits in a collective times out, or sees its peer leave ("Connection closed by peer")
-        waited = any(s in exc.message for s in ("Timed out", "timed out", "Connection closed"))
+        waited = waited_for_peer(exc.message)  # it timed out in a collective, or saw its peer leave
         raise CheckFailed(
             f"{what}: rank {exc.rank} raised {exc.exc_type}.",
             "a rank waited in a collective that the other rank never joined (the other had finished, crashed or "
@@ -94,8 +110,6 @@ def _compare(params: dict, ref: dict, what: str, hint: str, rtol: float = 1e-4, 
 
 def _mean_allreduce(model: torch.nn.Module) -> None:
     """The check's own gradient averaging, so ZeRO-1 is graded on its own."""
-    import torch.distributed as dist
-
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)
@@ -104,19 +118,18 @@ def _mean_allreduce(model: torch.nn.Module) -> None:
 
 def _sync_rank(rank: int, world: int, model, x, y, sync: Callable, steps: int, repeats: int) -> list[dict]:
     """Train with SGD and `sync(model)` between backward and step; count the all_reduce calls each sync makes."""
-    import torch.distributed as dist
-
-    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+    device = rank_device()
+    xs, ys = x.chunk(world)[rank].to(device), y.chunk(world)[rank].to(device)
     real, calls = dist.all_reduce, [0]
 
     def counted(*args, **kwargs):
         calls[0] += 1
         return real(*args, **kwargs)
 
-    dist.all_reduce = counted  # this rank's copy of the module only: the ranks are forked processes
+    dist.all_reduce = counted  # this rank's copy of the module only: each rank is a process of its own
     out = []
     for _ in range(repeats):
-        m = copy.deepcopy(model)
+        m = copy.deepcopy(model).to(device)
         opt = _sgd(m.parameters())
         first, per_sync = None, []
         for _ in range(steps):
@@ -135,10 +148,11 @@ def _sync_rank(rank: int, world: int, model, x, y, sync: Callable, steps: int, r
 
 def _zero1_rank(rank: int, world: int, model, x, y, sharded_cls, optimizer_cls, kwargs: dict, steps: int,
                 repeats: int) -> list[dict]:
-    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+    device = rank_device()
+    xs, ys = x.chunk(world)[rank].to(device), y.chunk(world)[rank].to(device)
     out = []
     for _ in range(repeats):
-        m = copy.deepcopy(model)
+        m = copy.deepcopy(model).to(device)
         params = list(m.parameters())
         opt = sharded_cls(m.parameters(), optimizer_cls, **kwargs)
         for _ in range(steps):
@@ -160,8 +174,9 @@ def _zero1_rank(rank: int, world: int, model, x, y, sharded_cls, optimizer_cls, 
 def _tool_rank(rank: int, world: int, model, x, y, train: Callable, make_optimizer: Callable, steps: int) -> dict:
     from torch.distributed.tensor import DTensor
 
-    xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-    returned = train(copy.deepcopy(model), xs, ys, steps, make_optimizer)
+    device = rank_device()
+    xs, ys = x.chunk(world)[rank].to(device), y.chunk(world)[rank].to(device)
+    returned = train(copy.deepcopy(model).to(device), xs, ys, steps, make_optimizer)
     if not (isinstance(returned, tuple) and len(returned) == 2):
         raise TypeError(f"it should return (model, optimizer), got {type(returned).__name__}")
     trained, opt = returned
@@ -243,13 +258,14 @@ def _grad_hint(got: torch.Tensor, mean: torch.Tensor, own: torch.Tensor) -> str:
 
 
 def _check_sync(sync: Callable, name: str, seed: int, n: int, model_kw: dict, one_call: bool,
-                hf: bool = False) -> None:
+                hf: bool = False, backend: str = "gloo", start_method: str | None = None) -> None:
     model = _hf_model(seed) if hf else _model(seed, **model_kw)
     x, y = toy_batch(n, seed=seed + 1, vocab=64 if hf else 32)
     ref, ref_grads, _ = _reference(model, x, y, _sgd)
     kind = "a Hugging Face Qwen2 model (tied embeddings, a frozen norm)" if hf else "the toy model"
     what = f"{name}(model) for {kind} on 2 ranks, {n // 2} sequences each, {STEPS} SGD steps"
-    results = _run(_sync_rank, (model, x, y, sync, STEPS, 1 if hf else REPEATS), what)
+    results = _run(_sync_rank, (model, x, y, sync, STEPS, 1 if hf else REPEATS), what, backend=backend,
+                   start_method=start_method)
     for rank, runs in enumerate(results):
         own = _reference(model, x.chunk(2)[rank], y.chunk(2)[rank], _sgd, steps=1)[1]  # this rank's own gradients
         for rep, run in enumerate(runs):
@@ -414,14 +430,15 @@ _TOOL_HINTS = {
 
 
 def _check_tool(train: Callable, name: str, seed: int, n: int, model_kw: dict, make_optimizer: Callable,
-                sharded: bool, launches: int = 2) -> None:
+                sharded: bool, launches: int = 2, backend: str = "gloo", start_method: str | None = None) -> None:
     model = _model(seed, **model_kw)
     x, y = toy_batch(n, seed=seed + 1)
     ref, _, _ = _reference(model, x, y, make_optimizer)
     what = f"{name}(model, inputs, targets, {STEPS}, make_optimizer) on 2 ranks"
     runs = []
     for _ in range(launches):  # a race shows up as a launch that differs
-        runs += _run(_tool_rank, (model, x, y, train, make_optimizer, STEPS), what, hint=_TOOL_HINTS[sharded])
+        runs += _run(_tool_rank, (model, x, y, train, make_optimizer, STEPS), what, hint=_TOOL_HINTS[sharded],
+                     backend=backend, start_method=start_method)
     for i, run in enumerate(runs):
         where = f"{what}: rank {i % 2}, launch {i // 2 + 1}"
         _compare(run["params"], ref, where, "every rank should end with the parameters of one process trained on "
@@ -467,3 +484,42 @@ def _fsdp_public(train_fsdp):
 def _fsdp_hidden(train_fsdp):
     _check_tool(train_fsdp, "train_fsdp", seed=HELD_OUT_SEED + 4, n=4, model_kw={"d": 8, "hidden": 12, "n_blocks": 3},
                 make_optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), sharded=True, launches=1)
+
+
+# --- the same code on GPUs -----------------------------------------------------------------------------------------
+
+
+def _two_gpus() -> str | None:
+    """Why this machine cannot form a 2-rank NCCL group, or None when it can."""
+    gpus = torch.cuda.device_count() if has_cuda() else 0
+    if gpus < 2:
+        return f"NCCL needs one CUDA GPU per rank: 2 ranks, {gpus} GPU(s) here"
+    return None if dist.is_nccl_available() else "this build of torch has no NCCL"
+
+
+q = LAB.question("dist_nccl", points=2, uses=("average_gradients_flat", "train_ddp", "train_fsdp"),
+                 title="The same code on two GPUs with NCCL", device="cuda", requires=_two_gpus,
+                 builds_on=("dist_bucketed", "dist_ddp", "dist_fsdp"))
+
+_NCCL_HINT = ("it passed on gloo: under NCCL every tensor a collective touches must be on the rank's GPU, so build "
+              "what the function makes itself (buffers, the device mesh) on the device of the model or batch it is "
+              "given, or on rank_device(), never on 'cpu'")
+
+
+def _same_code(average_gradients_flat, train_ddp, train_fsdp, backend: str, start_method: str | None = None) -> None:
+    """The learner's functions, unchanged, in a `backend` group: one launch each, compared as on gloo."""
+    try:
+        _check_sync(average_gradients_flat, "average_gradients_flat", seed=HELD_OUT_SEED + 8, n=8, model_kw={},
+                    one_call=True, backend=backend, start_method=start_method)
+        _check_tool(train_ddp, "train_ddp", seed=HELD_OUT_SEED + 9, n=8, model_kw={}, make_optimizer=_sgd,
+                    sharded=False, launches=1, backend=backend, start_method=start_method)
+        _check_tool(train_fsdp, "train_fsdp", seed=HELD_OUT_SEED + 10, n=8, model_kw={}, make_optimizer=_sgd,
+                    sharded=True, launches=1, backend=backend, start_method=start_method)
+    except CheckFailed as exc:
+        hint = _NCCL_HINT + (f". {exc.hint}" if exc.hint else "")
+        raise CheckFailed(f"on {backend}: {exc.what}", hint, expected=exc.expected, received=exc.received) from None
+
+
+@q.check(timeout_s=400.0)  # each launch starts fresh interpreters that import torch and form an NCCL group
+def _nccl(average_gradients_flat, train_ddp, train_fsdp):
+    _same_code(average_gradients_flat, train_ddp, train_fsdp, backend="nccl")
