@@ -211,3 +211,23 @@ def call_learner(fn: Callable, what: str, *args, hint: str | None = None, **kwar
         raise
     except Exception as exc:
         raise CheckFailed(f"{what} raised {type(exc).__name__}.", hint, received=str(exc)[:300]) from None
+
+
+def learner_raises(fn: Callable, what: str, error: type[Exception], *args, hint: str | None = None,
+                   if_silent: str | None = None, **kwargs) -> Exception | None:
+    """Call learner code whose contract is to raise `error` on this input; returns the `error` it raised, for the
+    check to read its message. Another exception fails the check, naming both types. Returning normally fails it
+    with the hint `if_silent` (why it must raise); with `if_silent=None` the contract also allows returning (another
+    valid answer), and the result is None. "Not implemented", another check's failure and a timeout pass through."""
+    try:
+        fn(*args, **kwargs)
+    except (NotImplementedError, CheckFailed, CheckTimeout):
+        raise
+    except error as exc:
+        return exc
+    except Exception as exc:
+        raise CheckFailed(f"{what} raised {type(exc).__name__}, not {error.__name__}.", hint,
+                          received=(str(exc).splitlines() or [""])[0][:300]) from None
+    if if_silent is not None:
+        raise CheckFailed(f"{what} returned without raising {error.__name__}.", if_silent)
+    return None

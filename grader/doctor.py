@@ -51,15 +51,23 @@ def report() -> tuple[list[str], list[str]]:
     except ImportError:
         pass
     try:
-        import bitsandbytes as bnb  # noqa: F401
-        import torch
-
+        from labkit.backends import bitsandbytes_4bit_problem, import_bitsandbytes
         from labkit.device import has_cuda
 
-        facts.append(f"bitsandbytes  backend {'cuda' if has_cuda() else 'cpu'}")
-    except Exception as exc:
-        facts.append(f"bitsandbytes  unusable ({type(exc).__name__})")
-        problems.append("bitsandbytes does not import: labs on quantization will use their fallback paths.")
+        bnb, problem = import_bitsandbytes()
+        backend = "cuda" if has_cuda() else "cpu"
+        four_bit = problem or bitsandbytes_4bit_problem(backend)
+        if bnb is None:
+            facts.append(f"bitsandbytes  unusable ({problem.split(':')[0]})")
+            problems.append("bitsandbytes does not import: labs on quantization will use their fallback paths.")
+        elif four_bit:
+            facts.append(f"bitsandbytes  backend {backend}, no 4-bit kernel")
+            problems.append(f"bitsandbytes cannot quantize to 4 bits here ({four_bit}): lab 08's QLoRA questions are "
+                            "skipped, and labs 09-10 skip their 4-bit comparisons.")
+        else:
+            facts.append(f"bitsandbytes  backend {backend}")
+    except ImportError:
+        pass
     mem = psutil.virtual_memory()
     facts.append(f"memory        {mem.available / 2**30:.1f} GiB free of {mem.total / 2**30:.1f} GiB")
     if mem.available < 3 * 2**30:

@@ -16,6 +16,7 @@ from grader.asserts import (
     assert_number_close,
     assert_shape,
     hidden_mode,
+    learner_raises,
 )
 from grader.asserts import check as check_that
 from grader.cli import main as cli_main
@@ -78,6 +79,29 @@ def test_metric_thresholds():
     for bad in (1.0, 2.0, math.nan):
         with pytest.raises(CheckFailed, match="needs to be below 1"):
             assert_below(bad, 1.0, "loss")
+
+
+def test_learner_raises_returns_the_error_and_fails_any_other_outcome():
+    def strict(name):
+        if name == "typo":
+            raise ValueError(f"unknown name {name!r}")
+        if name == "crash":
+            return {}[name]
+        if name == "todo":
+            raise NotImplementedError
+        return 1
+
+    assert "typo" in str(learner_raises(strict, "strict('typo')", ValueError, "typo", if_silent="raise"))
+    with pytest.raises(CheckFailed) as err:
+        learner_raises(strict, "strict('crash')", ValueError, "crash", hint="raise ValueError")
+    assert err.value.what == "strict('crash') raised KeyError, not ValueError." and err.value.received == "'crash'"
+    assert err.value.hint == "raise ValueError"
+    with pytest.raises(CheckFailed, match="returned without raising ValueError") as err:
+        learner_raises(strict, "strict('fine')", ValueError, "fine", if_silent="a typo must not pass")
+    assert err.value.hint == "a typo must not pass"
+    assert learner_raises(strict, "strict('fine')", ValueError, "fine") is None  # returning is allowed too
+    with pytest.raises(NotImplementedError):  # even where the expected error is its base class
+        learner_raises(strict, "strict('todo')", RuntimeError, "todo")
 
 
 def test_assert_artifact(tmp_path):

@@ -149,3 +149,37 @@ def test_plots_return_figures():
     assert loss_curve([3, 2, 1], {2: 1.5}, floor=0.5).axes
     assert bars({"a": 1.0, "b": 2.0}, "t", "y").axes
     assert heatmap(torch.rand(3, 3), "h", xlabels=list("abc"), ylabels=list("abc")).axes
+
+
+def test_backends_say_why_bitsandbytes_cannot_be_used(monkeypatch):
+    import builtins
+
+    from labkit import backends
+
+    bnb, problem = backends.import_bitsandbytes()
+    assert (bnb is None) != (problem is None)
+    if bnb is not None:  # the 4-bit probe's answer agrees with what the library does
+        w = torch.randn(128, 64)
+        try:
+            packed, state = bnb.functional.quantize_4bit(w, quant_type="nf4")
+            works = (bnb.functional.dequantize_4bit(packed, state) - w).abs().max().item() < 0.5 * w.abs().max().item()
+        except Exception:
+            works = False
+        assert (backends.bitsandbytes_4bit_problem() is None) == works
+    real_import = builtins.__import__
+
+    def no_bitsandbytes(name, *args, **kwargs):
+        if name.startswith("bitsandbytes"):
+            raise RuntimeError("no backend for this platform")
+        return real_import(name, *args, **kwargs)
+
+    backends._import.cache_clear()
+    backends.bitsandbytes_4bit_problem.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
+    try:
+        assert backends.import_bitsandbytes() == (None, "RuntimeError: no backend for this platform")
+        assert backends.bitsandbytes_4bit_problem() == "RuntimeError: no backend for this platform"
+    finally:
+        monkeypatch.undo()
+        backends._import.cache_clear()
+        backends.bitsandbytes_4bit_problem.cache_clear()

@@ -24,6 +24,7 @@ from grader.asserts import (
     assert_type,
     call_learner,
     check,
+    learner_raises,
     reveals,
 )
 from grader.models import tiny_qwen2
@@ -527,14 +528,10 @@ def _packing_edges(pack, collate_packed, base):
     _check_pack(pack, data[:1], 64, 0, "pack of a single example")
     got = call_learner(pack, "pack of no examples", [], 64, 0)
     check(len(got) == 0, "pack of no examples should return no blocks.", received=len(got))
-    try:
-        pack(data, longest - 1, 0)
-    except ValueError:
-        pass
-    else:
-        check(False, "pack with an example longer than block_size returned blocks instead of raising ValueError.",
-              "an example that cannot fit in a block cannot be packed whole: raise ValueError (cutting it would "
-              "train on a broken example)")
+    learner_raises(pack, "pack with an example longer than block_size", ValueError, data, longest - 1, 0,
+                   hint="raise ValueError for an example that does not fit in a block",
+                   if_silent="an example that cannot fit in a block cannot be packed whole: raise ValueError (cutting "
+                             "it would train on a broken example)")
 
 
 @q.check(hidden=True)

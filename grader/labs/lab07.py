@@ -24,13 +24,13 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from grader.asserts import (
-    CheckFailed,
     assert_close,
     assert_equal,
     assert_shape,
     assert_type,
     call_learner,
     check,
+    learner_raises,
 )
 from grader.models import tiny_llama, tiny_qwen2
 from grader.registry import Lab
@@ -326,20 +326,12 @@ def _inject(add_lora, ctx, base):
 def _check_wrong_name(add_lora, original: nn.Module, targets: list[str], wrong: str) -> None:
     model = copy.deepcopy(original).requires_grad_(True)
     what = f"add_lora(model, {targets}, r=4, alpha=8)"
-    try:
-        add_lora(model, targets, 4, 8)
-    except ValueError as err:
-        message = str(err)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as err:
-        raise CheckFailed(f"{what}, where {wrong!r} matches no layer, raised {type(err).__name__}, not ValueError.",
-                          "check every target before changing the model and raise ValueError(...) naming the "
-                          "targets that match nothing", received=str(err)[:200]) from None
-    else:
-        raise CheckFailed(f"{what} did not raise, though {wrong!r} matches no nn.Linear of the model.",
-                          "a target that matches nothing must raise ValueError: else a typo trains fewer layers than "
-                          "you think")
+    message = str(learner_raises(
+        add_lora, f"{what}, where {wrong!r} matches no nn.Linear of the model,", ValueError, model, targets, 4, 8,
+        hint="check every target before changing the model and raise ValueError(...) naming the targets that match "
+             "nothing",
+        if_silent="a target that matches nothing must raise ValueError: else a typo trains fewer layers than you "
+                  "think"))
     check(wrong in message, f"The ValueError of {what} does not name the target {wrong!r} that matched nothing.",
           received=message[:300])
     names = sorted({n.rsplit(".", 1)[-1] for n in _linear_names(original)})
@@ -571,18 +563,11 @@ def _check_wrong_base(load_adapter, base_model: nn.Module, path: Path, label: st
     saved, current = re.findall(r"torch\.Size\(\[([\d, ]+)\]\)", line)
     saved_for = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     what = f"load_adapter(base model, path of an adapter saved for {label})"
-    try:
-        load_adapter(copy.deepcopy(base_model), path)
-    except ValueError as err:
-        message = str(err)
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as err:
-        raise CheckFailed(f"{what} raised {type(err).__name__}, not ValueError.",
-                          "catch the RuntimeError of PeftModel.from_pretrained when it reports a size mismatch and "
-                          "raise a ValueError that explains it", received=str(err)[:200]) from None
-    else:
-        raise CheckFailed(f"{what} did not raise.", "PeftModel.from_pretrained raises on this adapter: let it fail")
+    message = str(learner_raises(
+        load_adapter, what, ValueError, copy.deepcopy(base_model), path,
+        hint="catch the RuntimeError of PeftModel.from_pretrained when it reports a size mismatch and raise a "
+             "ValueError that explains it",
+        if_silent="PeftModel.from_pretrained raises on this adapter: let it fail"))
     check(saved_for in message, f"The ValueError of {what} does not name the base model the adapter was saved for.",
           received=message[:300], hint="read base_model_name_or_path from the adapter's adapter_config.json")
     check(module in message, f"The ValueError of {what} does not name the first weight that does not fit.",

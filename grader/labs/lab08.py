@@ -10,7 +10,6 @@ The memory budget of a 65B model is counted here from its shape on the meta devi
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import random
 import re
@@ -37,10 +36,12 @@ from grader.asserts import (
     assert_type,
     call_learner,
     check,
+    learner_raises,
 )
 from grader.models import tiny_qwen2
 from grader.registry import Lab
 from labkit import evals, world, zoo
+from labkit.backends import bitsandbytes_4bit_problem
 
 LAB = Lab("08", "Adapters as swappable specialists, and QLoRA")
 HELD_OUT_SEED = 9108  # the notebook trains on task seed 0 (train split) and validates on seed 0 (val split)
@@ -72,23 +73,10 @@ NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
 TERMS = ("4-bit linear weights", "16-bit other weights", "LoRA weights", "LoRA gradients", "Adam states")
 
 
-@functools.lru_cache(maxsize=1)
-def _bnb_problem() -> str | None:
-    """Why bitsandbytes cannot quantize to 4 bits here, or None when it can."""
-    try:
-        import bitsandbytes.functional as bnbf
-
-        packed, state = bnbf.quantize_4bit(torch.randn(64, 64), quant_type="nf4")
-        bnbf.dequantize_4bit(packed, state)
-    except Exception as exc:  # no backend for this platform, a broken install...
-        return f"{type(exc).__name__}: {str(exc)[:200]}"
-    return None
-
-
 def _bnb_missing() -> str | None:
     """What the 4-bit questions need where bitsandbytes cannot quantize (no backend for this platform): they are then
     skipped, not counted, as a GPU question is on a CPU."""
-    problem = _bnb_problem()
+    problem = bitsandbytes_4bit_problem()
     return None if problem is None else f"bitsandbytes with a 4-bit backend for this machine ({problem})"
 
 
@@ -327,24 +315,15 @@ def _state(model: PeftModel, tokenizer) -> tuple:
 def _expect_refusal(load_specialist, model: PeftModel, tokenizer, path: Path, trained_for: str, why: str) -> None:
     before = _state(model, tokenizer)
     what = f"load_specialist(model, path, 'guest') with {why}"
-    try:
-        load_specialist(model, path, "guest")
-    except ValueError as err:
-        message = str(err)
-        check(trained_for in message, f"{what} raised a ValueError whose message does not say which base the adapter "
-              "was trained for.", received=message[:300],
-              hint="read base_model_name_or_path from the adapter's adapter_config.json (LoraConfig.from_pretrained) "
-              "and put it in the message")
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{what} raised {type(exc).__name__}, not a ValueError with a clear message.",
-                          "catch peft's error (a RuntimeError listing size mismatches) and raise ValueError",
-                          received=str(exc).splitlines()[0][:200]) from None
-    else:
-        raise CheckFailed(f"{what} did not raise: the adapter was loaded, wrongly.",
-                          "peft loads what fits and says nothing about the rest: check the missing_keys and "
-                          "unexpected_keys of what load_adapter returns")
+    message = str(learner_raises(
+        load_specialist, what, ValueError, model, path, "guest",
+        hint="catch peft's error (a RuntimeError listing size mismatches) and raise ValueError",
+        if_silent="the adapter was loaded, wrongly: peft loads what fits and says nothing about the rest; check the "
+                  "missing_keys and unexpected_keys of what load_adapter returns"))
+    check(trained_for in message, f"{what} raised a ValueError whose message does not say which base the adapter "
+          "was trained for.", received=message[:300],
+          hint="read base_model_name_or_path from the adapter's adapter_config.json (LoraConfig.from_pretrained) "
+          "and put it in the message")
     after = _state(model, tokenizer)
     check(after[0] == before[0], f"After {what}, the model's adapters changed.", received=after[0], expected=before[0],
           hint="load_adapter registers the adapter before it fails: delete_adapter it before raising")
@@ -395,16 +374,8 @@ def _refuse_silent_partial_loads(load_specialist, ctx, base):
         source = _with_adapters(_zoo(base, ctx.device), {"right": _lora(r=2)}, HELD_OUT_SEED + 2)
         path = _saved(source, Path(folder) / "again", "right", "grader/tiny-llama")
         before = _logits(model.eval(), tokenizer)
-        try:
-            load_specialist(model, path, "right")
-        except ValueError:
-            pass
-        except (NotImplementedError, CheckFailed):
-            raise
-        except Exception as exc:
-            raise CheckFailed(f"load_specialist(model, path, 'right'), where 'right' is already loaded, raised "
-                              f"{type(exc).__name__}.", "refuse a name that is taken with a ValueError",
-                              received=str(exc)[:200]) from None
+        learner_raises(load_specialist, "load_specialist(model, path, 'right'), where 'right' is already loaded,",
+                       ValueError, model, path, "right", hint="refuse a name that is taken with a ValueError")
         model.set_adapter("right")
         after = _logits(model, tokenizer)
         model.set_adapter("left")
@@ -580,15 +551,9 @@ def _combine_twice(combine, model: PeftModel, adapters, first, second, name: str
     call_learner(combine, what, model, adapters, first, name, "cat")
     _check_combined(model, name, adapters, first, what, "combination_type='cat' stacks the pairs: Σ wᵢ·ΔWᵢ exactly")
     again = f"a second combine(model, {adapters}, {second}, {name!r}, 'cat')"
-    try:
-        combine(model, adapters, second, name, "cat")
-    except ValueError:
+    if learner_raises(combine, again, ValueError, model, adapters, second, name, "cat",
+                      hint="refuse a taken name with ValueError, or delete_adapter it first") is not None:
         return  # refusing a name that is taken is one of the two valid answers
-    except (NotImplementedError, CheckFailed):
-        raise
-    except Exception as exc:
-        raise CheckFailed(f"{again} raised {type(exc).__name__}.", "refuse a taken name with ValueError, or "
-                          "delete_adapter it first", received=str(exc)[:200]) from None
     _check_combined(model, name, adapters, second, again,
                     "add_weighted_adapter returns silently, changing nothing, when the name exists: "
                     "delete_adapter(name) first (or raise ValueError)")

@@ -15,7 +15,6 @@ between two levels to the last bit.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import types
 
@@ -33,6 +32,7 @@ from grader.asserts import (
 from grader.models import tiny_qwen2
 from grader.registry import Lab
 from labkit import evals, world, zoo
+from labkit.backends import import_bitsandbytes
 
 LAB = Lab("09", "Quantization from scratch")
 HELD_OUT_SEED = 9009  # the notebook uses seeds 0-5 and 11 and the world text of evals.FORGETTING_SEED
@@ -44,19 +44,8 @@ NF4_TABLE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981445
              1.0)
 
 
-@functools.cache
-def _bnb():
-    """bitsandbytes, or None where it does not import here."""
-    try:
-        import bitsandbytes
-
-        return bitsandbytes
-    except Exception:
-        return None
-
-
 def _nf4_table() -> torch.Tensor:
-    bnb = _bnb()
+    bnb, _ = import_bitsandbytes()
     return bnb.functional.get_4bit_type("nf4", device="cpu") if bnb else torch.tensor(NF4_TABLE)
 
 
@@ -371,7 +360,7 @@ def _reference_nf4(w: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch
     blocks = flat.reshape(-1, blocksize)
     absmax = blocks.abs().amax(dim=1)
     scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38)[:, None]), -1, 1)
-    bnb = _bnb()
+    bnb, _ = import_bitsandbytes()
     if bnb is not None:
         packed, state = bnb.functional.quantize_4bit(w.detach().cpu(), blocksize=blocksize, compress_statistics=False,
                                                      quant_type="nf4")
@@ -479,7 +468,7 @@ def _state_bytes(packed: torch.Tensor, state) -> int:
 
 def _quant_state(w: torch.Tensor, blocksize: int, nested: bool):
     """bitsandbytes' (packed, QuantState); where it does not import, a stand-in with the same attributes and sizes."""
-    bnb = _bnb()
+    bnb, _ = import_bitsandbytes()
     if bnb is not None:
         return bnb.functional.quantize_4bit(w, blocksize=blocksize, compress_statistics=nested, quant_type="nf4")
     packed, absmax, _ = _reference_nf4(w, blocksize)
@@ -598,7 +587,7 @@ def _int8(llm_int8_linear):
     x, w, qweight, wscale = _int8_case(HELD_OUT_SEED)
     got = _check_int8(llm_int8_linear, x, qweight, wscale,
                       "llm_int8_linear(x, qweight, wscale) for x (64 x 128) with features 7 and 50 large")
-    bnb = _bnb()
+    bnb, _ = import_bitsandbytes()
     if bnb is None:  # the comparison with the library needs it; the spec above was checked
         return
     layer = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=False, has_fp16_weights=False, threshold=6.0)

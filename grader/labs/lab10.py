@@ -27,7 +27,7 @@ import math
 import torch
 from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from grader.asserts import assert_below, assert_equal, assert_number_close, call_learner, check
+from grader.asserts import assert_below, assert_equal, assert_number_close, call_learner, check, learner_raises
 from grader.registry import Lab
 
 LAB = Lab("10", "Quantized inference")
@@ -54,17 +54,8 @@ def _linear_bytes(model: torch.nn.Module, fmt: str, blocksize: int = 64) -> int:
                for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def _raises_value_error(fn, what: str, *args, **kwargs) -> None:
-    try:
-        fn(*args, **kwargs)
-    except ValueError:
-        return
-    except (NotImplementedError, AssertionError):
-        raise
-    except Exception as exc:
-        check(False, f"{what} raised {type(exc).__name__}, not ValueError.", received=str(exc)[:200],
-              hint="raise ValueError(...) for a name you do not know")
-    check(False, f"{what} did not raise ValueError.", hint="an unknown format name is a mistake: raise ValueError")
+_UNKNOWN_NAME = {"hint": "raise ValueError(...) for a name you do not know",
+                 "if_silent": "an unknown format name is a mistake: raise ValueError"}
 
 
 # --- qinf_config ---------------------------------------------------------------------------------------------
@@ -106,7 +97,7 @@ def _config_edges(bnb_config):
     for fmt in ("nf4", "fp4+dq"):
         _check_config(bnb_config, fmt, torch.bfloat16)
     for name in ("int4", "nf4+gptq", "bf16"):
-        _raises_value_error(bnb_config, f"bnb_config({name!r})", name)
+        learner_raises(bnb_config, f"bnb_config({name!r})", ValueError, name, **_UNKNOWN_NAME)
 
 
 # --- qinf_bytes ----------------------------------------------------------------------------------------------
@@ -143,7 +134,7 @@ def _bytes_edges(weight_bytes):
     for fmt in FOUR_BIT:
         _check_bytes(weight_bytes, 384, 128, fmt, blocksize=128)
         _check_bytes(weight_bytes, 100, 30, fmt, blocksize=32)
-    _raises_value_error(weight_bytes, "weight_bytes(8, 8, 'int4')", 8, 8, "int4")
+    learner_raises(weight_bytes, "weight_bytes(8, 8, 'int4')", ValueError, 8, 8, "int4", **_UNKNOWN_NAME)
 
 
 # --- qinf_footprint ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from grader.asserts import CheckFailed, assert_close, assert_equal, call_learner, check
+from grader.asserts import CheckFailed, assert_close, assert_equal, call_learner, check, learner_raises
 from grader.registry import Lab
 from labkit.device import has_cuda
 from labkit.dist import (
@@ -230,14 +230,9 @@ def _memory_hidden(memory_per_rank):
         _memory_case(memory_per_rank, 1001, 3, strategy, bpv=2, states=1)  # a shard that does not divide evenly
         _memory_case(memory_per_rank, 7, 8, strategy, bpv=4, states=2)  # more ranks than values
         _memory_case(memory_per_rank, 5, 1, strategy)  # one rank: nothing to shard
-    try:
-        memory_per_rank(1000, 4, "zero9")
-    except ValueError:
-        return
-    except Exception as exc:
-        raise CheckFailed("memory_per_rank(1000, 4, 'zero9') raised the wrong exception.", "raise a ValueError",
-                          received=type(exc).__name__) from None
-    raise CheckFailed("memory_per_rank(1000, 4, 'zero9') should raise a ValueError for an unknown strategy.")
+    learner_raises(memory_per_rank, "memory_per_rank(1000, 4, 'zero9')", ValueError, 1000, 4, "zero9",
+                   hint="raise a ValueError for a strategy you do not know",
+                   if_silent="'zero9' is no strategy: raise a ValueError")
 
 
 # --- gradient averaging, per parameter -----------------------------------------------------------------------------
