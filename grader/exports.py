@@ -252,7 +252,7 @@ def build_gradescope_bundle(lab: str, out: str | Path, course: str | Path = ".",
         for name in ("setup.sh", "run_autograder"):
             _add(zf, templates / name, name, executable=True)
         options = "--sandbox" if sandbox else ""
-        zf.writestr("autograder.env", f"LAB={lab}\nBATCH_OPTIONS={options!r}\n")
+        _write(zf, "autograder.env", f"LAB={lab}\nBATCH_OPTIONS={options!r}\n".encode())
         for name in PACKAGE_FILES:
             if (course / name).is_file():
                 _add(zf, course / name, name)
@@ -264,7 +264,12 @@ def build_gradescope_bundle(lab: str, out: str | Path, course: str | Path = ".",
 
 
 def _add(zf: zipfile.ZipFile, path: Path, name: str, executable: bool = False) -> None:
-    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # fixed time: same inputs, same zip
+    _write(zf, name, path.read_bytes(), executable)
+
+
+def _write(zf: zipfile.ZipFile, name: str, data: bytes, executable: bool = False) -> None:
+    """One member with a fixed time and mode: same inputs, same zip (`writestr(name, ...)` would stamp it now)."""
+    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
     info.external_attr = (0o755 if executable else 0o644) << 16
     info.compress_type = zipfile.ZIP_DEFLATED
-    zf.writestr(info, path.read_bytes())
+    zf.writestr(info, data)

@@ -152,7 +152,7 @@ def test_export_cli_reads_folders_and_rejects_junk(tmp_path, record, capsys):
     assert [r.student for r in load_records([results])] == ["alice", "zed"]
 
 
-def test_gradescope_bundle_holds_the_scripts_and_the_package(tmp_path):
+def test_gradescope_bundle_holds_the_scripts_and_the_package(tmp_path, monkeypatch):
     out = build_gradescope_bundle("00", tmp_path / "a.zip", course=ROOT)
     with zipfile.ZipFile(out) as zf:
         names = set(zf.namelist())
@@ -166,6 +166,16 @@ def test_gradescope_bundle_holds_the_scripts_and_the_package(tmp_path):
     assert "LAB=00" in env and "--sandbox" in env
     assert "download.pytorch.org/whl/cpu" in setup and "pip install /autograder/source" in setup
     assert "/autograder/submission" in run and "/autograder/results/results.json" in run
+    import time
+
+    class AnHourLater:  # the second build as if made an hour later: no member may carry the time it was written
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def time(self):
+            return time.time() + 3600
+
+    monkeypatch.setattr(zipfile, "time", AnHourLater())
     again = build_gradescope_bundle("00", tmp_path / "b.zip", course=ROOT)
     assert again.read_bytes() == out.read_bytes(), "same inputs, same bundle"
 
