@@ -48,6 +48,22 @@ def not_done(rank, world_size):
     raise NotImplementedError("write this function")
 
 
+def _arrive(seconds):
+    import time
+    time.sleep(seconds)
+    return seconds
+
+
+class SlowToArrive:
+    """An argument whose unpickling takes `seconds`: a spawned rank that is slow to start."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return _arrive, (self.seconds,)
+
+
 def only_rank_0(rank, world_size):
     t = torch.ones(1)
     if rank == 0:
@@ -86,12 +102,16 @@ def test_launch_runs_a_notebook_function_on_each_rank(start_method):
 
 
 def test_spawned_ranks_get_the_deadline_after_they_have_started():
-    """A spawned rank imports torch first (seconds); timeout_s counts from when the group formed, so a short limit
-    on a quick function holds even though starting took longer than it."""
+    """A spawned rank imports torch and unpacks its arguments first; timeout_s counts from when the group formed, so
+    ranks that take 3 s to start still meet a 2 s limit for a function that takes milliseconds."""
+    nb = notebook()
     start = time.perf_counter()
-    assert ld.launch(notebook()["total"], 2, args=(torch.ones(1),), start_method="spawn", timeout_s=0.5,
-                     echo=False)[0][0] == 9.0
-    assert time.perf_counter() - start < 120
+    got = ld.launch(nb["total"], 2, args=(nb["SlowToArrive"](3.0),), start_method="spawn", timeout_s=2, echo=False)
+    assert [g[0] for g in got] == [9.0, 9.0] and got[1][4] == 6.0  # the argument arrived as 3.0, on each rank
+    assert 3.0 <= time.perf_counter() - start < 120
+    with pytest.raises(ld.RankTimeout, match="the group never formed"):  # no time to start: the 2 s run out first
+        ld.launch(nb["total"], 2, args=(nb["SlowToArrive"](3.0),), start_method="spawn", timeout_s=2,
+                  startup_timeout_s=0, echo=False)
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
