@@ -56,11 +56,11 @@ def report() -> tuple[list[str], list[str]]:
 
         bnb, problem = import_bitsandbytes()
         backend = "cuda" if has_cuda() else "cpu"
-        four_bit = problem or bitsandbytes_4bit_problem(backend)
         if bnb is None:
-            facts.append(f"bitsandbytes  unusable ({problem.split(':')[0]})")
-            problems.append("bitsandbytes does not import: labs on quantization will use their fallback paths.")
-        elif four_bit:
+            facts.append("bitsandbytes  does not import")
+            problems.append(f"bitsandbytes does not import ({problem}): labs on quantization will use their fallback "
+                            "paths.")
+        elif (four_bit := bitsandbytes_4bit_problem(backend)) is not None:
             facts.append(f"bitsandbytes  backend {backend}, no 4-bit kernel")
             problems.append(f"bitsandbytes cannot quantize to 4 bits here ({four_bit}): lab 08's QLoRA questions are "
                             "skipped, and labs 09-10 skip their 4-bit comparisons.")

@@ -42,7 +42,8 @@ from labkit.lm import logits_of
 from labkit.memory import TrainingBytes, tensor_bytes
 
 __all__ = ["BACKEND_ENV", "RankFailed", "RankTimeout", "ToyModel", "default_backend", "free_port", "launch",
-           "local_bytes", "local_training_bytes", "rank_device", "toy_batch", "toy_loss", "waited_for_peer"]
+           "local_bytes", "local_training_bytes", "nccl_problem", "rank_device", "toy_batch", "toy_loss",
+           "waited_for_peer"]
 
 BACKENDS = ("gloo", "nccl")
 BACKEND_ENV = "SPECIALIST_LABS_DIST_BACKEND"  # gloo or nccl: overrides default_backend()
@@ -87,17 +88,23 @@ def _die_with_parent() -> None:
             pass
 
 
+def nccl_problem(world_size: int = 2) -> str | None:
+    """Why `world_size` NCCL ranks cannot run here, or None when they can: each needs a CUDA GPU of its own (NCCL
+    refuses two ranks on one GPU), and ``LABKIT_DEVICE=cpu`` switches the GPUs off."""
+    gpus = torch.cuda.device_count() if has_cuda() else 0
+    if gpus < world_size:
+        return f"NCCL needs one CUDA GPU per rank: {world_size} ranks, {gpus} GPU(s) here"
+    return None if dist.is_nccl_available() else "this build of torch has no NCCL"
+
+
 def default_backend(world_size: int = 2) -> str:
-    """``nccl`` where there is a usable CUDA GPU for each of `world_size` ranks, ``gloo`` otherwise (one GPU, or none:
-    NCCL refuses two ranks on one GPU). `BACKEND_ENV` overrides it; ``LABKIT_DEVICE=cpu`` means gloo."""
+    """``nccl`` where `world_size` ranks can use it (`nccl_problem`), ``gloo`` otherwise; `BACKEND_ENV` overrides."""
     wanted = os.environ.get(BACKEND_ENV, "").strip().lower()
     if wanted:
         if wanted not in BACKENDS:
             raise ValueError(f"{BACKEND_ENV}={wanted!r}: use one of {BACKENDS}")
         return wanted
-    if has_cuda() and dist.is_nccl_available() and torch.cuda.device_count() >= world_size:
-        return "nccl"
-    return "gloo"
+    return "nccl" if nccl_problem(world_size) is None else "gloo"
 
 
 def rank_device() -> torch.device:
@@ -201,8 +208,6 @@ def _stop(procs: list) -> None:
             p.terminate()
     deadline = time.monotonic() + 2.0
     for p in procs:
-        if getattr(p, "pid", 0) is None:  # a multiprocessing.Process that never started
-            continue
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
@@ -241,11 +246,10 @@ def launch(fn: Callable, world_size: int = 2, args: tuple = (), kwargs: dict | N
     if backend == "nccl":
         if start_method == "fork":
             raise ValueError("NCCL ranks use CUDA, which a forked child cannot use once its parent has: spawn them")
-        gpus = torch.cuda.device_count() if has_cuda() else 0
-        if gpus < world_size or not dist.is_nccl_available():
-            raise RuntimeError(f"backend='nccl' needs one CUDA GPU per rank: {world_size} ranks, {gpus} GPU(s) here"
-                               + ("" if dist.is_nccl_available() else ", and this torch has no NCCL")
-                               + ". Use backend='gloo' (labkit.dist.default_backend() picks the one that works).")
+        problem = nccl_problem(world_size)
+        if problem is not None:
+            raise RuntimeError(f"backend='nccl': {problem}. Use backend='gloo' (labkit.dist.default_backend() picks "
+                               "the one that works).")
     out_dir = tempfile.mkdtemp(prefix="sl-dist-")
     port = free_port()
     procs: list = []
@@ -263,9 +267,10 @@ def launch(fn: Callable, world_size: int = 2, args: tuple = (), kwargs: dict | N
                 raise RuntimeError("forked ranks need the 'fork' start method (Linux, macOS): use start_method='spawn'")
             ctx = mp.get_context("fork")
             for r in range(world_size):
-                procs.append(ctx.Process(target=_child, args=(fn, r, world_size, port, out_dir, collective_timeout_s,
-                                                              args, kwargs or {}, backend), daemon=True))
-                procs[-1].start()
+                p = ctx.Process(target=_child, args=(fn, r, world_size, port, out_dir, collective_timeout_s, args,
+                                                     kwargs or {}, backend), daemon=True)
+                p.start()
+                procs.append(p)  # started: every process in the list can be stopped
         # the deadline starts once every rank has joined the group (or one has ended, or startup took too long)
         ready = [os.path.join(out_dir, f"rank{r}.ready") for r in range(world_size)]
         saved = [os.path.join(out_dir, f"rank{r}.pt") for r in range(world_size)]

@@ -232,4 +232,4 @@ def test_nccl_question_is_skipped_not_counted_without_two_gpus():
     q = lab12.LAB.questions["dist_nccl"]
     assert q.device == "cuda" and set(q.uses) == NCCL_USES
     if torch.cuda.device_count() < 2:
-        assert "one CUDA GPU per rank" in lab12._two_gpus()
+        assert "one CUDA GPU per rank" in q.requires()

@@ -23,13 +23,13 @@ import torch.distributed as dist
 
 from grader.asserts import CheckFailed, assert_close, assert_equal, call_learner, check, learner_raises
 from grader.registry import Lab
-from labkit.device import has_cuda
 from labkit.dist import (
     RankFailed,
     RankTimeout,
     ToyModel,
     launch,
     local_training_bytes,
+    nccl_problem,
     rank_device,
     toy_batch,
     toy_loss,
@@ -484,21 +484,13 @@ def _fsdp_hidden(train_fsdp):
 # --- the same code on GPUs -----------------------------------------------------------------------------------------
 
 
-def _two_gpus() -> str | None:
-    """Why this machine cannot form a 2-rank NCCL group, or None when it can."""
-    gpus = torch.cuda.device_count() if has_cuda() else 0
-    if gpus < 2:
-        return f"NCCL needs one CUDA GPU per rank: 2 ranks, {gpus} GPU(s) here"
-    return None if dist.is_nccl_available() else "this build of torch has no NCCL"
-
-
 q = LAB.question("dist_nccl", points=2, uses=("average_gradients_flat", "train_ddp", "train_fsdp"),
-                 title="The same code on two GPUs with NCCL", device="cuda", requires=_two_gpus,
-                 builds_on=("dist_bucketed", "dist_ddp", "dist_fsdp"))
+                 title="The same code on two GPUs with NCCL", device="cuda",
+                 requires=functools.partial(nccl_problem, 2), builds_on=("dist_bucketed", "dist_ddp", "dist_fsdp"))
 
-_NCCL_HINT = ("it passed on gloo: under NCCL every tensor a collective touches must be on the rank's GPU, so build "
-              "what the function makes itself (buffers, the device mesh) on the device of the model or batch it is "
-              "given, or on rank_device(), never on 'cpu'")
+_NCCL_HINT = ("on gloo this code is graded by dist_bucketed, dist_ddp and dist_fsdp; under NCCL every tensor a "
+              "collective touches must be on the rank's GPU, so build what the function makes itself (buffers, the "
+              "device mesh) on the device of the model or batch it is given, or on rank_device(), never on 'cpu'")
 
 
 def _same_code(average_gradients_flat, train_ddp, train_fsdp, backend: str, start_method: str | None = None) -> None:
